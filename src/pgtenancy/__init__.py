@@ -1,0 +1,37 @@
+"""pgtenancy: PostgreSQL row-level security as the wall between the tenants of an application."""
+
+from pgtenancy.config import DEFAULT_SETTING, validate_tenant_id
+from pgtenancy.context import current_tenant_id, tenant_context, without_tenant
+from pgtenancy.engine import TenancyConfig, instrument, is_instrumented, uninstrument
+from pgtenancy.errors import (
+    AutocommitError,
+    ConfigurationError,
+    InvalidTenantError,
+    NoTenantError,
+    TenancyError,
+    TenantSwitchError,
+    UnsafeRoleError,
+)
+from pgtenancy.orm import TenantMixin, tenant_column
+
+__all__ = [
+    "DEFAULT_SETTING",
+    "AutocommitError",
+    "ConfigurationError",
+    "InvalidTenantError",
+    "NoTenantError",
+    "TenancyConfig",
+    "TenancyError",
+    "TenantMixin",
+    "TenantSwitchError",
+    "UnsafeRoleError",
+    "current_tenant_id",
+    "instrument",
+    "is_instrumented",
+    "tenant_column",
+    "tenant_context",
+    "uninstrument",
+    "validate_tenant_id",
+    "without_tenant",
+]
+__version__ = "0.1.0"

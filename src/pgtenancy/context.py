@@ -1,0 +1,92 @@
+"""Binding a tenant to the current execution context (thread, asyncio task and the tasks it starts)."""
+
+from __future__ import annotations
+
+import contextvars
+import uuid
+from types import TracebackType
+from typing import Final
+
+from pgtenancy.config import TenantId, validate_tenant_id
+from pgtenancy.errors import InvalidTenantError
+
+__all__ = ["NO_TENANT", "current_binding", "current_tenant_id", "tenant_context", "without_tenant"]
+
+
+class _NoTenant:
+    """Marker bound by ``without_tenant()``: the database must see no tenant at all."""
+
+    _instance: _NoTenant | None = None
+
+    def __new__(cls) -> _NoTenant:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NO_TENANT"
+
+
+NO_TENANT: Final = _NoTenant()
+
+_binding: contextvars.ContextVar[TenantId | _NoTenant | None] = contextvars.ContextVar(
+    "pgtenancy_tenant", default=None
+)
+
+
+def current_binding() -> TenantId | _NoTenant | None:
+    """The raw binding: a tenant id, ``NO_TENANT`` inside ``without_tenant()``, or ``None`` if unbound."""
+    return _binding.get()
+
+
+def current_tenant_id() -> TenantId | None:
+    """The tenant bound to the current context, or ``None`` (unbound or inside ``without_tenant()``)."""
+    value = _binding.get()
+    return None if value is NO_TENANT else value  # type: ignore[return-value]
+
+
+class _Binder:
+    """Context manager (sync and async) that binds a value and restores the previous one on exit."""
+
+    def __init__(self, value: TenantId | _NoTenant) -> None:
+        self._value = value
+        self._tokens: list[contextvars.Token[TenantId | _NoTenant | None]] = []
+
+    def __enter__(self) -> TenantId | None:
+        self._tokens.append(_binding.set(self._value))
+        return None if self._value is NO_TENANT else self._value  # type: ignore[return-value]
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        _binding.reset(self._tokens.pop())
+
+    async def __aenter__(self) -> TenantId | None:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def tenant_context(tenant_id: TenantId, *, key_type: str | None = None) -> _Binder:
+    """Bind ``tenant_id`` for the enclosed block (``with`` or ``async with``); inner bindings win.
+
+    :param tenant_id: a UUID, int or str; it is validated against the engine's ``key_type`` when a
+        transaction begins, or right here when ``key_type`` is given.
+    :param key_type: optional ``"uuid"``, ``"int"`` or ``"str"`` to validate (and canonicalise) now.
+    """
+    if key_type is not None:
+        return _Binder(validate_tenant_id(tenant_id, key_type))
+    if isinstance(tenant_id, bool) or not isinstance(tenant_id, (str, int, uuid.UUID)):
+        raise InvalidTenantError(
+            f"a tenant id must be a str, int or UUID, not {type(tenant_id).__name__}; "
+            "use without_tenant() for work on behalf of no tenant"
+        )
+    return _Binder(tenant_id)
+
+
+def without_tenant() -> _Binder:
+    """Run the enclosed block on behalf of no tenant: RLS then returns no rows and rejects writes."""
+    return _Binder(NO_TENANT)

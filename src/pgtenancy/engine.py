@@ -1,0 +1,195 @@
+"""``instrument()``: apply the bound tenant transaction-locally at the start of every transaction."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeVar
+
+from sqlalchemy import Connection, Dialect, Engine, String, bindparam, event, func, literal, select, true
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import sessionmaker
+
+from pgtenancy.config import DEFAULT_SETTING, validate_key_type, validate_setting_name, validate_tenant_id
+from pgtenancy.context import NO_TENANT, current_binding
+from pgtenancy.errors import AutocommitError, ConfigurationError, NoTenantError, TenantSwitchError
+from pgtenancy.roles import verify_role as _verify_role
+
+__all__ = ["Mode", "OnMissing", "TenancyConfig", "instrument", "is_instrumented", "uninstrument"]
+
+Mode = Literal["set_config", "set_local"]
+OnMissing = Literal["raise", "empty"]
+Target = TypeVar("Target", Engine, AsyncEngine, sessionmaker[Any], async_sessionmaker[Any])
+
+_APPLIED: Final = "pgtenancy.applied"  # connection-record key: (raw binding, canonical value) of the open transaction
+_VERIFIED: Final = "pgtenancy.role_verified"  # connection-record key: the role check passed on this DBAPI connection
+_SET_CONFIG = select(func.set_config(bindparam("setting"), bindparam("value"), true()))
+_instrumented: weakref.WeakKeyDictionary[Engine, _Instrumentation] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True, slots=True)
+class TenancyConfig:
+    """How an engine applies the bound tenant; validated once by ``instrument()``."""
+
+    setting: str = DEFAULT_SETTING
+    key_type: str = "uuid"
+    on_missing: OnMissing = "raise"
+    verify_role: bool = True
+    mode: Mode = "set_config"
+
+    def __post_init__(self) -> None:
+        validate_setting_name(self.setting)
+        validate_key_type(self.key_type)
+        if self.on_missing not in ("raise", "empty"):
+            raise ConfigurationError(f"on_missing must be 'raise' or 'empty', not {self.on_missing!r}")
+        if self.mode not in ("set_config", "set_local"):
+            raise ConfigurationError(f"mode must be 'set_config' or 'set_local', not {self.mode!r}")
+
+
+def instrument(
+    target: Target,
+    *,
+    setting: str = DEFAULT_SETTING,
+    key_type: str = "uuid",
+    on_missing: OnMissing = "raise",
+    verify_role: bool = True,
+    mode: Mode = "set_config",
+) -> Target:
+    """Make every transaction on ``target`` carry the bound tenant, transaction-locally.
+
+    At the start of each transaction pgtenancy sends ``SELECT set_config(setting, tenant, true)``
+    (``mode="set_config"``) or ``SET LOCAL setting = 'tenant'`` (``mode="set_local"``, for Citus).
+    Idempotent; returns ``target`` so it can wrap ``create_engine(...)``.
+
+    :param target: an ``Engine``, ``AsyncEngine``, ``sessionmaker`` or ``async_sessionmaker`` (its binds).
+    :param setting: the custom setting the RLS policies read.
+    :param key_type: ``"uuid"``, ``"int"`` or ``"str"``; ids that do not match raise ``InvalidTenantError``.
+    :param on_missing: ``"raise"`` a ``NoTenantError`` when no tenant is bound, or run it as
+        ``"empty"`` (no tenant: RLS shows no rows and rejects writes).
+    :param verify_role: refuse (``UnsafeRoleError``) a role that bypasses RLS, once per new connection.
+    """
+    config = TenancyConfig(setting, key_type, on_missing, verify_role, mode)
+    for engine in _engines_of(target):
+        existing = _instrumented.get(engine)
+        if existing is not None:
+            if existing.config != config:
+                raise ConfigurationError(
+                    "engine is already instrumented with other options; call uninstrument() first"
+                )
+            continue
+        _instrumented[engine] = _Instrumentation(config).install(engine)
+    return target
+
+
+def uninstrument(target: Engine | AsyncEngine | sessionmaker[Any] | async_sessionmaker[Any]) -> None:
+    """Remove pgtenancy's listeners from ``target``'s engines (a no-op where there are none)."""
+    for engine in _engines_of(target):
+        instrumentation = _instrumented.pop(engine, None)
+        if instrumentation is not None:
+            instrumentation.remove(engine)
+
+
+def is_instrumented(target: Engine | AsyncEngine | sessionmaker[Any] | async_sessionmaker[Any]) -> bool:
+    """Whether every engine behind ``target`` is instrumented."""
+    return all(engine in _instrumented for engine in _engines_of(target))
+
+
+def _engines_of(target: object) -> list[Engine]:
+    """The sync engines behind an engine or session factory."""
+    if isinstance(target, AsyncEngine):
+        return [target.sync_engine]
+    if isinstance(target, Engine):
+        return [target]
+    if isinstance(target, (sessionmaker, async_sessionmaker)):
+        binds = [target.kw.get("bind"), *(target.kw.get("binds") or {}).values()]
+        engines = [engine for bind in binds if bind is not None for engine in _engines_of(bind)]
+        if engines:
+            return engines
+        raise ConfigurationError("the session factory has no bind: create it with bind=engine")
+    raise ConfigurationError(
+        f"cannot instrument {type(target).__name__}: pass an Engine, AsyncEngine, sessionmaker "
+        "or async_sessionmaker"
+    )
+
+
+class _Instrumentation:
+    """The event listeners that enforce one ``TenancyConfig`` on one engine."""
+
+    def __init__(self, config: TenancyConfig) -> None:
+        self.config = config
+        self._listeners = (
+            ("begin", self._on_begin),
+            ("before_cursor_execute", self._on_statement),
+            ("commit", self._on_end),
+            ("rollback", self._on_end),
+            ("connect", self._on_connect),
+        )
+
+    def install(self, engine: Engine) -> _Instrumentation:
+        for name, listener in self._listeners:
+            event.listen(engine, name, listener)
+        return self
+
+    def remove(self, engine: Engine) -> None:
+        for name, listener in self._listeners:
+            if event.contains(engine, name, listener):
+                event.remove(engine, name, listener)
+
+    def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
+        """A new DBAPI connection has not been role-checked yet."""
+        record.info.pop(_VERIFIED, None)
+
+    def _on_begin(self, conn: Connection) -> None:
+        """Check, then apply the bound tenant before the transaction's first statement."""
+        info = conn.info
+        info.pop(_APPLIED, None)
+        binding = current_binding()
+        if binding is None and self.config.on_missing == "raise":
+            raise NoTenantError(
+                "no tenant is bound: wrap the work in tenant_context(tenant_id), "
+                "or in without_tenant() for work on behalf of no tenant"
+            )
+        value = "" if binding is None or binding is NO_TENANT else validate_tenant_id(binding, self.config.key_type)
+        if getattr(conn.connection.dbapi_connection, "autocommit", False):
+            raise AutocommitError(
+                "an AUTOCOMMIT connection cannot carry a transaction-local tenant; "
+                "use the default isolation level on tenant engines"
+            )
+        if self.config.verify_role and not info.get(_VERIFIED):
+            _verify_role(conn)
+            info[_VERIFIED] = True
+        if self.config.mode == "set_local":
+            conn.exec_driver_sql(_set_local_sql(conn.dialect, self.config.setting, value))
+        else:
+            conn.execute(_SET_CONFIG, {"setting": self.config.setting, "value": value})
+        info[_APPLIED] = (binding, value)
+
+    def _on_statement(self, conn: Connection, *args: Any) -> None:
+        """Refuse a statement whose context binds another tenant than its transaction carries."""
+        applied = conn.info.get(_APPLIED)
+        if applied is None:
+            return
+        binding = current_binding()
+        if binding is applied[0]:
+            return
+        if binding is None:
+            value = None
+        elif binding is NO_TENANT:
+            value = ""
+        else:
+            value = validate_tenant_id(binding, self.config.key_type)
+        if value != applied[1]:
+            raise TenantSwitchError(
+                "this transaction was begun for another tenant than the one bound now; "
+                "use one Session/Connection per tenant context and do not share it across tasks"
+            )
+
+    def _on_end(self, conn: Connection) -> None:
+        conn.info.pop(_APPLIED, None)
+
+
+def _set_local_sql(dialect: Dialect, setting: str, value: str) -> str:
+    """``SET LOCAL`` of an already-validated value: names quoted by the dialect, value as a literal."""
+    name = ".".join(dialect.identifier_preparer.quote(part) for part in setting.split("."))
+    rendered = literal(value, String()).compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+    return " ".join(("SET LOCAL", name, "=", str(rendered)))

@@ -1,0 +1,57 @@
+"""Checking that the connected database role is one that row-level security actually binds."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, text
+
+from pgtenancy.errors import UnsafeRoleError
+
+__all__ = ["role_problems", "verify_role"]
+
+_ROLE_QUERY = text(
+    """
+    SELECT r.rolname, r.rolsuper, r.rolbypassrls,
+           ARRAY(SELECT c.oid::regclass::text
+                   FROM pg_catalog.pg_class c
+                  WHERE c.relrowsecurity AND NOT c.relforcerowsecurity
+                    AND pg_catalog.pg_has_role(r.oid, c.relowner, 'USAGE')
+                  ORDER BY 1) AS unforced_owned,
+           ARRAY(SELECT m.rolname::text
+                   FROM pg_catalog.pg_roles m
+                  WHERE (m.rolsuper OR m.rolbypassrls) AND m.oid <> r.oid
+                    AND pg_catalog.pg_has_role(r.oid, m.oid, 'MEMBER')
+                  ORDER BY 1) AS bypassing_memberships
+      FROM pg_catalog.pg_roles r
+     WHERE r.rolname = current_user
+    """
+)
+
+
+def role_problems(conn: Connection) -> list[str]:
+    """Every reason the connection's current role escapes row-level security (empty when it is safe)."""
+    name, superuser, bypassrls, unforced, memberships = conn.execute(_ROLE_QUERY).one()
+    problems = []
+    if superuser:
+        problems.append(f"role {name!r} is a superuser")
+    if bypassrls:
+        problems.append(f"role {name!r} has BYPASSRLS")
+    if unforced:
+        problems.append(
+            f"role {name!r} owns tables whose row level security is not forced: {', '.join(unforced)} "
+            "(ALTER TABLE ... FORCE ROW LEVEL SECURITY, or connect as a role that does not own them)"
+        )
+    if memberships:
+        problems.append(f"role {name!r} is a member of superuser/BYPASSRLS roles: {', '.join(memberships)}")
+    return problems
+
+
+def verify_role(conn: Connection) -> None:
+    """Raise ``UnsafeRoleError`` unless row-level security binds the connection's current role."""
+    problems = role_problems(conn)
+    if problems:
+        raise UnsafeRoleError(
+            "refusing to run tenant queries: "
+            + "; ".join(problems)
+            + ". Connect as a NOSUPERUSER NOBYPASSRLS role that owns no isolated table, "
+            "or pass verify_role=False only for an admin engine that never serves tenants."
+        )
