@@ -1,0 +1,84 @@
+"""tenant_context binds per context: nests, restores, follows tasks, stays out of other threads."""
+
+import asyncio
+import threading
+import uuid
+
+import pytest
+
+from pgtenancy import InvalidTenantError, current_tenant_id, tenant_context, without_tenant
+from pgtenancy.context import NO_TENANT, current_binding
+
+A, B = uuid.UUID(int=1), uuid.UUID(int=2)
+
+
+def test_nesting_inner_wins_and_outer_is_restored():
+    assert current_tenant_id() is None
+    with tenant_context(A):
+        assert current_tenant_id() == A
+        with tenant_context(B):
+            assert current_tenant_id() == B
+        assert current_tenant_id() == A
+    assert current_tenant_id() is None
+
+
+def test_restored_after_an_exception():
+    with pytest.raises(RuntimeError), tenant_context(A):
+        raise RuntimeError("boom")
+    assert current_tenant_id() is None
+
+
+def test_without_tenant_is_an_explicit_binding():
+    with tenant_context(A), without_tenant():
+        assert current_tenant_id() is None
+        assert current_binding() is NO_TENANT
+    assert current_binding() is None
+
+
+async def test_async_with_and_tasks_inherit_the_binding():
+    async def read_later():
+        await asyncio.sleep(0)
+        return current_tenant_id()
+
+    async with tenant_context(A):
+        task = asyncio.create_task(read_later())
+        async with tenant_context(B):
+            inner = asyncio.create_task(read_later())
+    assert await task == A
+    assert await inner == B
+    assert current_tenant_id() is None
+
+
+async def test_concurrent_tasks_do_not_see_each_other():
+    seen = {}
+
+    async def worker(tenant):
+        async with tenant_context(tenant):
+            await asyncio.sleep(0.01)
+            seen[tenant] = current_tenant_id()
+
+    await asyncio.gather(*(worker(uuid.UUID(int=n)) for n in range(20)))
+    assert all(key == value for key, value in seen.items())
+    assert len(seen) == 20
+
+
+def test_other_threads_do_not_inherit():
+    result = []
+    with tenant_context(A):
+        thread = threading.Thread(target=lambda: result.append(current_tenant_id()))
+        thread.start()
+        thread.join()
+    assert result == [None]
+
+
+def test_key_type_validates_and_canonicalises_early():
+    with tenant_context("A0A0A0A0-0000-4000-8000-00000000000F", key_type="uuid"):
+        assert current_tenant_id() == "a0a0a0a0-0000-4000-8000-00000000000f"
+    with pytest.raises(InvalidTenantError):
+        tenant_context("'; DROP TABLE notes; --", key_type="uuid")
+
+
+@pytest.mark.parametrize("value", [None, 1.5, True, b"abc", object()])
+def test_non_id_types_are_rejected(value):
+    with pytest.raises(InvalidTenantError):
+        tenant_context(value)

@@ -1,0 +1,187 @@
+"""A query that forgets its tenant filter still sees only the bound tenant's rows, on every driver."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import sessionmaker
+
+from pgtenancy import instrument, is_instrumented, tenant_context, uninstrument, without_tenant
+from tests.conftest import INT_TENANTS, ROWS_PER_TENANT, TENANTS
+from tests.models import Note
+
+ASYNC_DRIVERS = ["asyncpg", "psycopg_async"]
+A, B = TENANTS[0], TENANTS[1]
+
+
+def test_runs_as_a_role_rls_binds(seeded, pgtenancy_engine_factory):
+    engine = pgtenancy_engine_factory("psycopg")
+    with without_tenant(), engine.connect() as conn:
+        superuser, bypass = conn.execute(
+            text("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+        ).one()
+    assert (superuser, bypass) == (False, False)
+
+
+@pytest.mark.parametrize("driver", ASYNC_DRIVERS)
+async def test_core_async_forgotten_filter(seeded, pgtenancy_engine_factory, driver):
+    engine = pgtenancy_engine_factory(driver)
+    for tenant in TENANTS:
+        async with tenant_context(tenant), engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT tenant_id FROM notes"))).scalars().all()
+        assert len(rows) == ROWS_PER_TENANT[tenant]
+        assert set(rows) == {tenant}
+    await engine.dispose()
+
+
+@pytest.mark.parametrize("driver", ASYNC_DRIVERS)
+async def test_orm_async_forgotten_filter(seeded, pgtenancy_engine_factory, driver):
+    engine = pgtenancy_engine_factory(driver)
+    factory = async_sessionmaker(engine, expire_on_commit=False)
+    for tenant in TENANTS:
+        async with tenant_context(tenant), factory() as session:
+            notes = (await session.scalars(select(Note))).all()
+            count = await session.scalar(select(func.count()).select_from(Note))
+        assert {note.tenant_id for note in notes} == {tenant}
+        assert count == len(notes) == ROWS_PER_TENANT[tenant]
+    await engine.dispose()
+
+
+def test_sync_core_and_orm_forgotten_filter(seeded, pgtenancy_engine_factory):
+    engine = pgtenancy_engine_factory("psycopg")
+    factory = sessionmaker(engine)
+    for tenant in TENANTS:
+        with tenant_context(tenant):
+            with engine.connect() as conn:
+                core = conn.execute(text("SELECT tenant_id FROM notes")).scalars().all()
+            with factory() as session:
+                orm = session.scalars(select(Note.tenant_id)).all()
+        assert set(core) == set(orm) == {tenant}
+        assert len(core) == len(orm) == ROWS_PER_TENANT[tenant]
+
+
+async def test_instrumenting_the_session_factory(seeded, pgtenancy_engine_factory):
+    engine = pgtenancy_engine_factory("asyncpg", instrumented=False)
+    factory = instrument(async_sessionmaker(engine))
+    assert is_instrumented(engine)
+    async with tenant_context(B), factory() as session:
+        assert set((await session.scalars(select(Note.tenant_id))).all()) == {B}
+    uninstrument(factory)
+    assert not is_instrumented(engine)
+    async with factory() as session:  # no tenant applied: RLS shows nothing
+        assert (await session.scalars(select(Note))).all() == []
+    await engine.dispose()
+
+
+async def test_nested_contexts_switch_between_transactions(seeded, pgtenancy_engine_factory):
+    engine = pgtenancy_engine_factory("asyncpg")
+    seen = []
+    async with tenant_context(A):
+        async with engine.connect() as conn:
+            seen.append(set((await conn.execute(text("SELECT tenant_id FROM notes"))).scalars()))
+        async with tenant_context(B), engine.connect() as conn:
+            seen.append(set((await conn.execute(text("SELECT tenant_id FROM notes"))).scalars()))
+        async with engine.connect() as conn:
+            seen.append(set((await conn.execute(text("SELECT tenant_id FROM notes"))).scalars()))
+    assert seen == [{A}, {B}, {A}]
+    await engine.dispose()
+
+
+async def test_tasks_created_inside_a_context_inherit_it(seeded, pgtenancy_engine_factory):
+    engine = pgtenancy_engine_factory("asyncpg")
+
+    async def count_visible():
+        async with engine.connect() as conn:
+            return set((await conn.execute(text("SELECT tenant_id FROM notes"))).scalars())
+
+    async with tenant_context(A):
+        first = asyncio.create_task(count_visible())
+    async with tenant_context(B):
+        second = asyncio.create_task(count_visible())
+    assert await first == {A}
+    assert await second == {B}
+    await engine.dispose()
+
+
+async def test_without_tenant_sees_nothing_and_cannot_write(seeded, pgtenancy_engine_factory):
+    engine = pgtenancy_engine_factory("asyncpg")
+    async with without_tenant():
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM notes"))).scalar_one() == 0
+            updated = await conn.execute(text("UPDATE notes SET body = 'x'"))
+            assert updated.rowcount == 0
+        async with engine.connect() as conn:
+            with pytest.raises(DBAPIError, match="row-level security|null value"):
+                await conn.execute(text("INSERT INTO notes (body) VALUES ('orphan')"))
+        async with engine.connect() as conn:
+            with pytest.raises(DBAPIError, match="row-level security"):
+                await conn.execute(text("INSERT INTO notes (tenant_id, body) VALUES (:t, 'x')"), {"t": A})
+    await engine.dispose()
+
+
+async def test_inserts_take_the_bound_tenant_from_the_column_default(seeded, pgtenancy_engine_factory):
+    engine = pgtenancy_engine_factory("asyncpg")
+    factory = async_sessionmaker(engine, expire_on_commit=False)
+    async with tenant_context(B), factory() as session:
+        note = Note(body="defaulted")
+        session.add(note)
+        await session.commit()
+    assert note.tenant_id == B
+    async with tenant_context(A), engine.connect() as conn:
+        bodies = (await conn.execute(text("SELECT body FROM notes"))).scalars().all()
+    assert "defaulted" not in bodies
+    async with tenant_context(B), engine.begin() as conn:
+        bodies = (await conn.execute(text("SELECT body FROM notes"))).scalars().all()
+        assert "defaulted" in bodies
+        await conn.execute(text("DELETE FROM notes WHERE body = 'defaulted'"))
+    await engine.dispose()
+
+
+@pytest.mark.parametrize("driver", ASYNC_DRIVERS)
+async def test_cross_tenant_writes_are_rejected(seeded, pgtenancy_engine_factory, driver):
+    engine = pgtenancy_engine_factory(driver)
+    async with tenant_context(A):
+        async with engine.connect() as conn:
+            with pytest.raises(DBAPIError, match="row-level security"):
+                await conn.execute(text("INSERT INTO notes (tenant_id, body) VALUES (:t, 'x')"), {"t": B})
+        async with engine.connect() as conn:
+            with pytest.raises(DBAPIError, match="row-level security"):
+                await conn.execute(update(Note.__table__).values(tenant_id=B))
+        async with engine.begin() as conn:  # B's rows are invisible, so they cannot be touched
+            hit = await conn.execute(update(Note.__table__).where(Note.tenant_id == B).values(body="hijacked"))
+            assert hit.rowcount == 0
+            gone = await conn.execute(text("DELETE FROM notes WHERE tenant_id = :t"), {"t": B})
+            assert gone.rowcount == 0
+    async with tenant_context(B), engine.connect() as conn:
+        bodies = (await conn.execute(text("SELECT body FROM notes"))).scalars().all()
+    assert len(bodies) == ROWS_PER_TENANT[B] and "hijacked" not in bodies
+    await engine.dispose()
+
+
+async def test_integer_tenant_ids(seeded, pgtenancy_engine_factory):
+    engine = pgtenancy_engine_factory("asyncpg", key_type="int")
+    for tenant in INT_TENANTS:
+        async with tenant_context(tenant), engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT tenant_id FROM int_notes"))).scalars().all()
+        assert rows == [tenant]
+    await engine.dispose()
+
+
+async def test_set_local_mode_isolates_too(seeded, pgtenancy_engine_factory):
+    engine = pgtenancy_engine_factory("asyncpg", mode="set_local")
+    async with tenant_context(str(A)), engine.connect() as conn:
+        rows = set((await conn.execute(text("SELECT tenant_id FROM notes"))).scalars())
+    assert rows == {A}
+    await engine.dispose()
+
+
+async def test_unknown_tenant_sees_nothing(seeded, pgtenancy_engine_factory):
+    engine = pgtenancy_engine_factory("asyncpg")
+    async with tenant_context(uuid.uuid4()), engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM notes"))).scalar_one() == 0
+    await engine.dispose()
