@@ -185,7 +185,9 @@ class _Instrumentation:
             )
 
     def _on_end(self, conn: Connection) -> None:
-        conn.info.pop(_APPLIED, None)
+        """The transaction is over: forget its tenant (an invalidated connection has nothing to forget)."""
+        if not conn.invalidated:
+            conn.info.pop(_APPLIED, None)
 
 
 def _set_local_sql(dialect: Dialect, setting: str, value: str) -> str:

@@ -1,0 +1,62 @@
+"""Nothing tenant-related survives COMMIT or ROLLBACK on a pooled connection."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import event, text
+
+from pgtenancy import tenant_context
+from tests.conftest import TENANTS
+
+A = TENANTS[0]
+PROBE = "SELECT current_setting('app.current_tenant_id', true)"
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg_async"])
+@pytest.mark.parametrize("ending", ["commit", "rollback", "error"])
+async def test_async_raw_connection_shows_no_tenant_after_the_transaction(
+    seeded, pgtenancy_engine_factory, driver, ending
+):
+    engine = pgtenancy_engine_factory(driver, engine_options={"pool_size": 1})
+    async with tenant_context(A), engine.connect() as conn:
+        assert (await conn.execute(text(PROBE))).scalar_one() == str(A)
+        if ending == "error":
+            with pytest.raises(Exception, match="division by zero"):
+                await conn.execute(text("SELECT 1/0"))
+        await (conn.commit() if ending == "commit" else conn.rollback())
+        raw = (await conn.get_raw_connection()).driver_connection
+        if driver == "asyncpg":
+            leftover = await raw.fetchval(PROBE)
+        else:
+            await raw.set_autocommit(True)
+            leftover = (await (await raw.execute(PROBE)).fetchone())[0]
+            await raw.set_autocommit(False)
+    assert leftover in (None, "")
+    await engine.dispose()
+
+
+def test_sync_raw_connection_shows_no_tenant_after_commit(seeded, pgtenancy_engine_factory):
+    engine = pgtenancy_engine_factory("psycopg", engine_options={"pool_size": 1})
+    with tenant_context(A), engine.connect() as conn:
+        assert conn.execute(text(PROBE)).scalar_one() == str(A)
+        conn.commit()
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        raw.autocommit = True
+        leftover = raw.execute(PROBE).fetchone()[0]
+        raw.autocommit = False
+    assert leftover in (None, "")
+
+
+async def test_no_session_level_setting_is_ever_sent(seeded, pgtenancy_engine_factory):
+    """The applied statement is transaction-local: is_local is true in every form pgtenancy sends."""
+    engine = pgtenancy_engine_factory("asyncpg")
+    sent = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda c, cur, s, p, *a: sent.append((s, p)))
+    async with tenant_context(A), engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+    applied = [(s, p) for s, p in sent if "set_config" in s]
+    assert len(applied) == 1
+    statement, params = applied[0]
+    assert "true" in statement.lower() and str(A) in str(params)
+    await engine.dispose()
