@@ -26,7 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(str(row["name"])) for row in rows)
     print(f"{'benchmark':<{width}}  ratio   baseline  candidate  unit")
     for row in rows:
-        print(f"{row['name']:<{width}}  {row['ratio']:<6}  {row['baseline']:>8}  {row['candidate']:>9}  {row['unit']}")
+        print(
+            f"{row['name']:<{width}}  {row['ratio']:<6}  {row['baseline']:>8}  "
+            f"{row['candidate']:>9}  {row['unit']}"
+        )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(rows, handle, indent=2)

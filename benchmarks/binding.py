@@ -66,7 +66,9 @@ async def run(database: TestDatabase, *, rounds: int, seconds: float) -> list[Co
                     f"P1 point select, {label}: instrumented / no tenancy",
                     _point_select(plain, bind=False),
                     _point_select(tenant, bind=True),
-                    rounds=rounds, tasks=32, seconds=seconds,
+                    rounds=rounds,
+                    tasks=32,
+                    seconds=seconds,
                 )
             )
         finally:

@@ -51,10 +51,15 @@ def seeded(pgtenancy_database: TestDatabase) -> Iterator[TestDatabase]:
     with engine.begin() as conn:
         for tenant, count in ROWS_PER_TENANT.items():
             conn.execute(
-                text("INSERT INTO notes (tenant_id, body) SELECT :t, 'note ' || g FROM generate_series(1, :n) g"),
+                text(
+                    "INSERT INTO notes (tenant_id, body) "
+                    "SELECT :t, 'note ' || g FROM generate_series(1, :n) g"
+                ),
                 {"t": tenant, "n": count},
             )
         for tenant in INT_TENANTS:
-            conn.execute(text("INSERT INTO int_notes (tenant_id, body) VALUES (:t, 'int note')"), {"t": tenant})
+            conn.execute(
+                text("INSERT INTO int_notes (tenant_id, body) VALUES (:t, 'int note')"), {"t": tenant}
+            )
     engine.dispose()
     yield pgtenancy_database

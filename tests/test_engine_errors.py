@@ -31,8 +31,11 @@ INJECTIONS = ["'; DROP TABLE notes; --", "00000000-0000-0000-0000-00000000000a';
 def statement_log(engine):
     """Every statement the engine sends to the server, recorded as it goes."""
     sent = []
-    event.listen(engine.sync_engine if hasattr(engine, "sync_engine") else engine, "before_cursor_execute",
-                 lambda conn, cursor, statement, *args: sent.append(statement))
+    event.listen(
+        engine.sync_engine if hasattr(engine, "sync_engine") else engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, *args: sent.append(statement),
+    )
     return sent
 
 
@@ -124,9 +127,9 @@ async def test_connection_level_autocommit_is_refused(seeded, pgtenancy_engine_f
 
 def test_sync_autocommit_is_refused(seeded, pgtenancy_engine_factory):
     engine = pgtenancy_engine_factory("psycopg")
-    with tenant_context(A), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        with pytest.raises(AutocommitError):
-            conn.execute(text("SELECT 1"))
+    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    with tenant_context(A), conn, pytest.raises(AutocommitError):
+        conn.execute(text("SELECT 1"))
 
 
 async def test_switching_tenant_inside_a_transaction_is_refused(seeded, pgtenancy_engine_factory):
@@ -214,7 +217,9 @@ def test_bypassrls_roles_and_their_members_are_refused(seeded, pgtenancy_server,
             conn.exec_driver_sql(f"CREATE ROLE {name} LOGIN PASSWORD 'pw' IN ROLE {name}_admin")
         conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA public TO {name}")
         conn.exec_driver_sql(f"GRANT SELECT ON notes TO {name}")
-    engine = instrument(create_engine(pgtenancy_server.url(database=seeded.name, username=name, password="pw")))
+    engine = instrument(
+        create_engine(pgtenancy_server.url(database=seeded.name, username=name, password="pw"))
+    )
     try:
         with tenant_context(A), engine.connect() as conn, pytest.raises(UnsafeRoleError, match="BYPASSRLS"):
             conn.execute(text("SELECT count(*) FROM notes"))
@@ -229,5 +234,8 @@ def test_bypassrls_roles_and_their_members_are_refused(seeded, pgtenancy_server,
 
 def test_verify_role_false_is_an_explicit_opt_out(seeded, pgtenancy_engine_factory):
     engine = pgtenancy_engine_factory("psycopg", role="admin", verify_role=False)
-    with tenant_context(A), engine.connect() as conn:  # a superuser bypasses RLS: this is why the check exists
+    with (
+        tenant_context(A),
+        engine.connect() as conn,
+    ):  # a superuser bypasses RLS: this is why the check exists
         assert conn.execute(text("SELECT count(*) FROM notes")).scalar_one() == sum(ROWS_PER_TENANT.values())

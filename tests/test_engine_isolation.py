@@ -116,7 +116,7 @@ async def test_without_tenant_sees_nothing_and_cannot_write(seeded, pgtenancy_en
             updated = await conn.execute(text("UPDATE notes SET body = 'x'"))
             assert updated.rowcount == 0
         async with engine.connect() as conn:
-            with pytest.raises(DBAPIError, match="row-level security|null value"):
+            with pytest.raises(DBAPIError, match=r"row-level security|null value"):
                 await conn.execute(text("INSERT INTO notes (body) VALUES ('orphan')"))
         async with engine.connect() as conn:
             with pytest.raises(DBAPIError, match="row-level security"):
@@ -153,7 +153,9 @@ async def test_cross_tenant_writes_are_rejected(seeded, pgtenancy_engine_factory
             with pytest.raises(DBAPIError, match="row-level security"):
                 await conn.execute(update(Note.__table__).values(tenant_id=B))
         async with engine.begin() as conn:  # B's rows are invisible, so they cannot be touched
-            hit = await conn.execute(update(Note.__table__).where(Note.tenant_id == B).values(body="hijacked"))
+            hit = await conn.execute(
+                update(Note.__table__).where(Note.tenant_id == B).values(body="hijacked")
+            )
             assert hit.rowcount == 0
             gone = await conn.execute(text("DELETE FROM notes WHERE tenant_id = :t"), {"t": B})
             assert gone.rowcount == 0

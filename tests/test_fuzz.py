@@ -17,7 +17,14 @@ from tests.conftest import TENANTS
 TASKS = 1200
 CONCURRENCY = 40
 SEED = 20261123
-EXPECTED_FAILURES = (DBAPIError, InterfaceError, OperationalError, ConnectionError, OSError, asyncio.TimeoutError)
+EXPECTED_FAILURES = (
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 
 async def _killer(admin_url, app_role, stop: asyncio.Event, kills: Counter):
@@ -31,8 +38,14 @@ async def _killer(admin_url, app_role, stop: asyncio.Event, kills: Counter):
             await asyncio.sleep(rng.uniform(0.005, 0.03))
             async with admin.connect() as conn:
                 pids = (
-                    await conn.execute(text("SELECT pid FROM pg_stat_activity WHERE usename = :r"), {"r": app_role})
-                ).scalars().all()
+                    (
+                        await conn.execute(
+                            text("SELECT pid FROM pg_stat_activity WHERE usename = :r"), {"r": app_role}
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
                 if pids:
                     await conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": rng.choice(pids)})
                     kills["terminated"] += 1
@@ -100,8 +113,9 @@ async def test_concurrency_fuzz_never_crosses_tenants(seeded, pgtenancy_engine_f
                 outcomes["connection_error"] += 1
 
     stop, kills = asyncio.Event(), Counter()
-    killer = asyncio.create_task(_killer(seeded.url("admin", drivername="postgresql+asyncpg"), seeded.roles.app,
-                                         stop, kills))
+    killer = asyncio.create_task(
+        _killer(seeded.url("admin", drivername="postgresql+asyncpg"), seeded.roles.app, stop, kills)
+    )
     await asyncio.gather(*(one(n) for n in range(TASKS)))
     stop.set()
     await killer

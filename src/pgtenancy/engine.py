@@ -21,8 +21,12 @@ Mode = Literal["set_config", "set_local"]
 OnMissing = Literal["raise", "empty"]
 Target = TypeVar("Target", Engine, AsyncEngine, sessionmaker[Any], async_sessionmaker[Any])
 
-_APPLIED: Final = "pgtenancy.applied"  # connection-record key: (raw binding, canonical value) of the open transaction
-_VERIFIED: Final = "pgtenancy.role_verified"  # connection-record key: the role check passed on this DBAPI connection
+_APPLIED: Final = (
+    "pgtenancy.applied"  # connection-record key: (raw binding, canonical value) of the open transaction
+)
+_VERIFIED: Final = (
+    "pgtenancy.role_verified"  # connection-record key: the role check passed on this DBAPI connection
+)
 _SET_CONFIG = select(func.set_config(bindparam("setting"), bindparam("value"), true()))
 _instrumented: weakref.WeakKeyDictionary[Engine, _Instrumentation] = weakref.WeakKeyDictionary()
 
@@ -149,7 +153,11 @@ class _Instrumentation:
                 "no tenant is bound: wrap the work in tenant_context(tenant_id), "
                 "or in without_tenant() for work on behalf of no tenant"
             )
-        value = "" if binding is None or binding is NO_TENANT else validate_tenant_id(binding, self.config.key_type)
+        value = (
+            ""
+            if binding is None or binding is NO_TENANT
+            else validate_tenant_id(binding, self.config.key_type)
+        )
         if getattr(conn.connection.dbapi_connection, "autocommit", False):
             raise AutocommitError(
                 "an AUTOCOMMIT connection cannot carry a transaction-local tenant; "

@@ -9,9 +9,9 @@ __all__ = ["app", "main"]
 
 
 def _build_app() -> Any:
-    import typer  # noqa: PLC0415 - optional extra
+    import typer
 
-    import pgtenancy  # noqa: PLC0415
+    import pgtenancy
 
     app = typer.Typer(help="PostgreSQL row-level security as the wall between tenants.", no_args_is_help=True)
 
@@ -23,7 +23,7 @@ def _build_app() -> Any:
     @app.command()
     def demo() -> None:
         """Start an embedded PostgreSQL and show a query without a tenant filter staying in its tenant."""
-        from pgtenancy.demo import run  # noqa: PLC0415
+        from pgtenancy.demo import run
 
         raise typer.Exit(run())
 

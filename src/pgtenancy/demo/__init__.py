@@ -42,7 +42,9 @@ def _seed(database: TestDatabase) -> None:
     with engine.begin() as conn:
         for tenant, bodies in ((ACME, ["acme invoice 1", "acme invoice 2"]), (GLOBEX, ["globex invoice 1"])):
             for body in bodies:
-                conn.execute(text("INSERT INTO invoices (tenant_id, body) VALUES (:t, :b)"), {"t": tenant, "b": body})
+                conn.execute(
+                    text("INSERT INTO invoices (tenant_id, body) VALUES (:t, :b)"), {"t": tenant, "b": body}
+                )
     engine.dispose()
 
 
@@ -53,7 +55,7 @@ async def _walkthrough(database: TestDatabase) -> list[bool]:
         for name, tenant in (("acme", ACME), ("globex", GLOBEX)):
             async with tenant_context(tenant), engine.connect() as conn:
                 rows = (await conn.execute(_UNFILTERED)).all()
-            print(f"  as {name:<7} SELECT ... FROM invoices (no tenant filter) -> {[r.body for r in rows]}")
+            print(f"  as {name:<7} all invoices, no tenant filter -> {[r.body for r in rows]}")
             checks.append(bool(rows) and all(r.tenant_id == tenant for r in rows))
         try:
             async with engine.connect() as conn:
@@ -64,7 +66,9 @@ async def _walkthrough(database: TestDatabase) -> list[bool]:
             checks.append(True)
         try:
             async with tenant_context(ACME), engine.begin() as conn:
-                await conn.execute(text("INSERT INTO invoices (tenant_id, body) VALUES (:t, 'forged')"), {"t": GLOBEX})
+                await conn.execute(
+                    text("INSERT INTO invoices (tenant_id, body) VALUES (:t, 'forged')"), {"t": GLOBEX}
+                )
             checks.append(False)
         except DBAPIError:
             print("  acme writing a globex row     -> rejected by the row-level security policy")
@@ -88,5 +92,9 @@ def run() -> int:
     finally:
         server.stop()
     ok = all(checks)
-    print(f"{sum(checks)}/{len(checks)} steps behaved as described." if ok else "Some steps did NOT behave as described.")
+    print(
+        f"{sum(checks)}/{len(checks)} steps behaved as described."
+        if ok
+        else "Some steps did NOT behave as described."
+    )
     return 0 if ok else 1

