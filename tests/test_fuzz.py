@@ -134,3 +134,28 @@ async def test_concurrency_fuzz_never_crosses_tenants(seeded, pgtenancy_engine_f
     for tenant, marker in committed:
         assert stored.get(marker) == tenant
     print(dict(outcomes), dict(kills), f"committed={len(committed)}")
+
+
+@pytest.mark.slow
+def test_threaded_sync_fuzz_never_crosses_tenants(seeded, pgtenancy_engine_factory):
+    """Sync engines are shared by threads: each thread's binding is its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = pgtenancy_engine_factory("psycopg", engine_options={"pool_size": 4, "max_overflow": 0})
+    rng = random.Random(SEED + 2)
+    plan = [(TENANTS[n % len(TENANTS)], rng.random()) for n in range(400)]
+
+    def one(step):
+        tenant, dice = step
+        with tenant_context(tenant), engine.connect() as conn:
+            if dice < 0.2:
+                with pytest.raises(DBAPIError):
+                    conn.execute(text("SELECT 1/0"))
+                conn.rollback()
+            rows = conn.execute(text("SELECT tenant_id FROM notes")).scalars().all()
+        return [row for row in rows if row != tenant], len(rows)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(one, plan))
+    assert [foreign for foreign, _ in results if foreign] == []
+    assert all(count > 0 for _, count in results)
