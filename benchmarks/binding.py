@@ -59,7 +59,7 @@ async def run(database: TestDatabase, *, rounds: int, seconds: float) -> list[Co
     results = []
     for label, driver in (("asyncpg", "postgresql+asyncpg"), ("psycopg", "postgresql+psycopg")):
         plain = _engine(database, driver)
-        tenant = _engine(database, driver, mode="set_config")
+        tenant = _engine(database, driver)
         try:
             results.append(
                 await compare(

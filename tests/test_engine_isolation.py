@@ -187,3 +187,31 @@ async def test_unknown_tenant_sees_nothing(seeded, pgtenancy_engine_factory):
     async with tenant_context(uuid.uuid4()), engine.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM notes"))).scalar_one() == 0
     await engine.dispose()
+
+
+async def test_begin_mode_keeps_a_users_own_asyncpg_connection_class(seeded, pgtenancy_engine_factory):
+    import asyncpg
+
+    class AppConnection(asyncpg.Connection):
+        pass
+
+    engine = pgtenancy_engine_factory(
+        "asyncpg", engine_options={"connect_args": {"connection_class": AppConnection}}
+    )
+    async with tenant_context(B), engine.connect() as conn:
+        rows = set((await conn.execute(text("SELECT tenant_id FROM notes"))).scalars())
+        raw = (await conn.get_raw_connection()).driver_connection
+    assert rows == {B}
+    assert isinstance(raw, AppConnection)
+    await engine.dispose()
+
+
+async def test_connections_made_before_instrument_still_get_the_tenant(seeded, pgtenancy_engine_factory):
+    engine = pgtenancy_engine_factory("asyncpg", instrumented=False, engine_options={"pool_size": 1})
+    async with engine.connect() as conn:  # a pooled connection made by the plain driver class
+        await conn.execute(text("SELECT 1"))
+    instrument(engine)
+    async with tenant_context(A), engine.connect() as conn:
+        rows = set((await conn.execute(text("SELECT tenant_id FROM notes"))).scalars())
+    assert rows == {A}
+    await engine.dispose()

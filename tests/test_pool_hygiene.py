@@ -48,15 +48,24 @@ def test_sync_raw_connection_shows_no_tenant_after_commit(seeded, pgtenancy_engi
     assert leftover in (None, "")
 
 
-async def test_no_session_level_setting_is_ever_sent(seeded, pgtenancy_engine_factory):
-    """The applied statement is transaction-local: is_local is true in every form pgtenancy sends."""
-    engine = pgtenancy_engine_factory("asyncpg")
+@pytest.mark.parametrize("mode", ["begin", "set_config", "set_local"])
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg_async"])
+async def test_every_mode_is_transaction_local(seeded, pgtenancy_engine_factory, mode, driver):
+    engine = pgtenancy_engine_factory(driver, mode=mode, engine_options={"pool_size": 1})
     sent = []
-    event.listen(engine.sync_engine, "before_cursor_execute", lambda c, cur, s, p, *a: sent.append((s, p)))
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda c, cur, s, *a: sent.append(s))
     async with tenant_context(A), engine.connect() as conn:
-        await conn.execute(text("SELECT 1"))
-    applied = [(s, p) for s, p in sent if "set_config" in s]
-    assert len(applied) == 1
-    statement, params = applied[0]
-    assert "true" in statement.lower() and str(A) in str(params)
+        assert (await conn.execute(text(PROBE))).scalar_one() == str(A)
+        await conn.commit()
+        raw = (await conn.get_raw_connection()).driver_connection
+        if driver == "asyncpg":
+            leftover = await raw.fetchval(PROBE)
+        else:
+            await raw.set_autocommit(True)
+            leftover = (await (await raw.execute(PROBE)).fetchone())[0]
+            await raw.set_autocommit(False)
+    assert leftover in (None, "")
+    separate = [s for s in sent if "set_config" in s or "SET LOCAL" in s]
+    # with asyncpg the default mode sends the tenant inside the BEGIN message: no statement of its own
+    assert len(separate) == (0 if (mode, driver) == ("begin", "asyncpg") else 1)
     await engine.dispose()

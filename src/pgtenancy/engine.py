@@ -12,12 +12,13 @@ from sqlalchemy.orm import sessionmaker
 
 from pgtenancy.config import DEFAULT_SETTING, validate_key_type, validate_setting_name, validate_tenant_id
 from pgtenancy.context import NO_TENANT, current_binding
+from pgtenancy.drivers import begin_suffix, prepare_connect, queue_with_begin, supports_begin
 from pgtenancy.errors import AutocommitError, ConfigurationError, NoTenantError, TenantSwitchError
 from pgtenancy.roles import verify_role as _verify_role
 
 __all__ = ["Mode", "OnMissing", "TenancyConfig", "instrument", "is_instrumented", "uninstrument"]
 
-Mode = Literal["set_config", "set_local"]
+Mode = Literal["begin", "set_config", "set_local"]
 OnMissing = Literal["raise", "empty"]
 Target = TypeVar("Target", Engine, AsyncEngine, sessionmaker[Any], async_sessionmaker[Any])
 
@@ -39,15 +40,15 @@ class TenancyConfig:
     key_type: str = "uuid"
     on_missing: OnMissing = "raise"
     verify_role: bool = True
-    mode: Mode = "set_config"
+    mode: Mode = "begin"
 
     def __post_init__(self) -> None:
         validate_setting_name(self.setting)
         validate_key_type(self.key_type)
         if self.on_missing not in ("raise", "empty"):
             raise ConfigurationError(f"on_missing must be 'raise' or 'empty', not {self.on_missing!r}")
-        if self.mode not in ("set_config", "set_local"):
-            raise ConfigurationError(f"mode must be 'set_config' or 'set_local', not {self.mode!r}")
+        if self.mode not in ("begin", "set_config", "set_local"):
+            raise ConfigurationError(f"mode must be 'begin', 'set_config' or 'set_local', not {self.mode!r}")
 
 
 def instrument(
@@ -57,13 +58,14 @@ def instrument(
     key_type: str = "uuid",
     on_missing: OnMissing = "raise",
     verify_role: bool = True,
-    mode: Mode = "set_config",
+    mode: Mode = "begin",
 ) -> Target:
     """Make every transaction on ``target`` carry the bound tenant, transaction-locally.
 
-    At the start of each transaction pgtenancy sends ``SELECT set_config(setting, tenant, true)``
-    (``mode="set_config"``) or ``SET LOCAL setting = 'tenant'`` (``mode="set_local"``, for Citus).
-    Idempotent; returns ``target`` so it can wrap ``create_engine(...)``.
+    Each transaction applies ``set_config(setting, tenant, true)``: with ``mode="begin"`` (default) in
+    the same message as the driver's own ``BEGIN`` where the driver allows it (asyncpg), else as its
+    own statement; ``mode="set_config"`` always as its own statement; ``mode="set_local"`` as
+    ``SET LOCAL setting = 'tenant'`` (for Citus). Idempotent; returns ``target``.
 
     :param target: an ``Engine``, ``AsyncEngine``, ``sessionmaker`` or ``async_sessionmaker`` (its binds).
     :param setting: the custom setting the RLS policies read.
@@ -81,7 +83,7 @@ def instrument(
                     "engine is already instrumented with other options; call uninstrument() first"
                 )
             continue
-        _instrumented[engine] = _Instrumentation(config).install(engine)
+        _instrumented[engine] = _Instrumentation(config, engine.dialect).install(engine)
     return target
 
 
@@ -119,15 +121,18 @@ def _engines_of(target: object) -> list[Engine]:
 class _Instrumentation:
     """The event listeners that enforce one ``TenancyConfig`` on one engine."""
 
-    def __init__(self, config: TenancyConfig) -> None:
+    def __init__(self, config: TenancyConfig, dialect: Dialect) -> None:
         self.config = config
-        self._listeners = (
+        self._with_begin = config.mode == "begin" and supports_begin(dialect)
+        self._listeners: tuple[tuple[str, Any], ...] = (
             ("begin", self._on_begin),
             ("before_cursor_execute", self._on_statement),
             ("commit", self._on_end),
             ("rollback", self._on_end),
             ("connect", self._on_connect),
         )
+        if self._with_begin:
+            self._listeners += (("do_connect", self._on_do_connect),)
 
     def install(self, engine: Engine) -> _Instrumentation:
         for name, listener in self._listeners:
@@ -138,6 +143,10 @@ class _Instrumentation:
         for name, listener in self._listeners:
             if event.contains(engine, name, listener):
                 event.remove(engine, name, listener)
+
+    def _on_do_connect(self, dialect: Dialect, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        """New driver connections are made able to carry the tenant with their BEGIN."""
+        prepare_connect(dialect, cparams)
 
     def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
         """A new DBAPI connection has not been role-checked yet."""
@@ -163,10 +172,15 @@ class _Instrumentation:
                 "an AUTOCOMMIT connection cannot carry a transaction-local tenant; "
                 "use the default isolation level on tenant engines"
             )
+        queued = self._with_begin and queue_with_begin(
+            conn, begin_suffix(conn.dialect, self.config.setting, value)
+        )
         if self.config.verify_role and not info.get(_VERIFIED):
             _verify_role(conn)
             info[_VERIFIED] = True
-        if self.config.mode == "set_local":
+        if queued:
+            pass  # rides on the BEGIN the driver sends before this transaction's first statement
+        elif self.config.mode == "set_local":
             conn.exec_driver_sql(_set_local_sql(conn.dialect, self.config.setting, value))
         else:
             conn.execute(_SET_CONFIG, {"setting": self.config.setting, "value": value})
@@ -196,6 +210,8 @@ class _Instrumentation:
         """The transaction is over: forget its tenant (an invalidated connection has nothing to forget)."""
         if not conn.invalidated:
             conn.info.pop(_APPLIED, None)
+            if self._with_begin:
+                queue_with_begin(conn, None)
 
 
 def _set_local_sql(dialect: Dialect, setting: str, value: str) -> str:
