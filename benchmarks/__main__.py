@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--json FILE]``: run every benchmark and print a table of ratios."""
+"""``python -m benchmarks [--quick] [--only NAME] [--json FILE]``: run the benchmarks, print ratios."""
 
 from __future__ import annotations
 
@@ -7,22 +7,29 @@ import asyncio
 import json
 import sys
 
-from benchmarks import binding
+from benchmarks import asgi, binding, rls
 from benchmarks.harness import benchmark_database
 
+SUITES = {"binding": binding, "rls": rls, "asgi": asgi}
 
-async def _main(rounds: int, seconds: float) -> list[dict[str, object]]:
-    with benchmark_database(binding.schema) as database:
-        results = await binding.run(database, rounds=rounds, seconds=seconds)
-    return [result.row() for result in results]
+
+async def _main(names: list[str], rounds: int, seconds: float) -> list[dict[str, object]]:
+    rows = []
+    for name in names:  # one database (and server) at a time: the harness uses fixed names
+        suite = SUITES[name]
+        with benchmark_database(suite.schema) as database:
+            rows += [result.row() for result in await suite.run(database, rounds=rounds, seconds=seconds)]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (a smoke run)")
+    parser.add_argument("--only", action="append", choices=sorted(SUITES), help="run only these suites")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    rows = asyncio.run(_main(rounds=2 if args.quick else 6, seconds=0.5 if args.quick else 2.0))
+    rounds, seconds = (2, 0.5) if args.quick else (6, 2.0)
+    rows = asyncio.run(_main(args.only or list(SUITES), rounds, seconds))
     width = max(len(str(row["name"])) for row in rows)
     print(f"{'benchmark':<{width}}  ratio   baseline  candidate  unit")
     for row in rows:

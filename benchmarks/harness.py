@@ -55,15 +55,14 @@ def benchmark_database(schema: Callable[[Connection, TestRoles], None]) -> Itera
     roles = create_roles(server, prefix="pgtb")
     try:
         create_template(server, roles, "pgtb_template", schema)
-        database = clone_database(server, "pgtb_template", "pgtb_run", roles)
-        try:
-            yield database
-        finally:
-            drop_database(server, database.name)
-            drop_database(server, "pgtb_template")
+        yield clone_database(server, "pgtb_template", "pgtb_run", roles)
     finally:
-        drop_roles(server, roles)
-        server.stop()
+        try:
+            drop_database(server, "pgtb_run")
+            drop_database(server, "pgtb_template")
+            drop_roles(server, roles)
+        finally:
+            server.stop()
 
 
 async def throughput(work: Callable[[int], Awaitable[None]], *, tasks: int, seconds: float) -> float:
