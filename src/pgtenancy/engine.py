@@ -6,13 +6,13 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
-from sqlalchemy import Connection, Dialect, Engine, String, bindparam, event, func, literal, select, true
+from sqlalchemy import Connection, Dialect, Engine, bindparam, event, func, select, true
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
 from pgtenancy.config import DEFAULT_SETTING, validate_key_type, validate_setting_name, validate_tenant_id
 from pgtenancy.context import NO_TENANT, current_binding
-from pgtenancy.drivers import begin_suffix, prepare_connect, queue_with_begin, supports_begin
+from pgtenancy.drivers import prepare_connect, queue_with_begin, set_local_renderer, supports_begin
 from pgtenancy.errors import AutocommitError, ConfigurationError, NoTenantError, TenantSwitchError
 from pgtenancy.roles import verify_role as _verify_role
 
@@ -62,10 +62,11 @@ def instrument(
 ) -> Target:
     """Make every transaction on ``target`` carry the bound tenant, transaction-locally.
 
-    Each transaction applies ``set_config(setting, tenant, true)``: with ``mode="begin"`` (default) in
-    the same message as the driver's own ``BEGIN`` where the driver allows it (asyncpg), else as its
-    own statement; ``mode="set_config"`` always as its own statement; ``mode="set_local"`` as
-    ``SET LOCAL setting = 'tenant'`` (for Citus). Idempotent; returns ``target``.
+    Each transaction applies the tenant transaction-locally: with ``mode="begin"`` (default) as
+    ``SET LOCAL setting = 'tenant'`` in the same message as the driver's own ``BEGIN`` where the
+    driver allows it (asyncpg), else as ``SELECT set_config(setting, tenant, true)``;
+    ``mode="set_config"`` always that separate statement; ``mode="set_local"`` a separate
+    ``SET LOCAL`` (for Citus). Idempotent; returns ``target``.
 
     :param target: an ``Engine``, ``AsyncEngine``, ``sessionmaker`` or ``async_sessionmaker`` (its binds).
     :param setting: the custom setting the RLS policies read.
@@ -124,6 +125,7 @@ class _Instrumentation:
     def __init__(self, config: TenancyConfig, dialect: Dialect) -> None:
         self.config = config
         self._with_begin = config.mode == "begin" and supports_begin(dialect)
+        self._set_local = set_local_renderer(dialect, config.setting)
         self._listeners: tuple[tuple[str, Any], ...] = (
             ("begin", self._on_begin),
             ("before_cursor_execute", self._on_statement),
@@ -172,16 +174,14 @@ class _Instrumentation:
                 "an AUTOCOMMIT connection cannot carry a transaction-local tenant; "
                 "use the default isolation level on tenant engines"
             )
-        queued = self._with_begin and queue_with_begin(
-            conn, begin_suffix(conn.dialect, self.config.setting, value)
-        )
+        queued = self._with_begin and queue_with_begin(conn, self._set_local(value))
         if self.config.verify_role and not info.get(_VERIFIED):
             _verify_role(conn)
             info[_VERIFIED] = True
         if queued:
             pass  # rides on the BEGIN the driver sends before this transaction's first statement
         elif self.config.mode == "set_local":
-            conn.exec_driver_sql(_set_local_sql(conn.dialect, self.config.setting, value))
+            conn.exec_driver_sql(self._set_local(value))
         else:
             conn.execute(_SET_CONFIG, {"setting": self.config.setting, "value": value})
         info[_APPLIED] = (binding, value)
@@ -212,10 +212,3 @@ class _Instrumentation:
             conn.info.pop(_APPLIED, None)
             if self._with_begin:
                 queue_with_begin(conn, None)
-
-
-def _set_local_sql(dialect: Dialect, setting: str, value: str) -> str:
-    """``SET LOCAL`` of an already-validated value: names quoted by the dialect, value as a literal."""
-    name = ".".join(dialect.identifier_preparer.quote(part) for part in setting.split("."))
-    rendered = literal(value, String()).compile(dialect=dialect, compile_kwargs={"literal_binds": True})
-    return " ".join(("SET LOCAL", name, "=", str(rendered)))
