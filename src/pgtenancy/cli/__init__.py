@@ -12,8 +12,10 @@ def _build_app() -> Any:
     import typer
 
     import pgtenancy
+    from pgtenancy.cli.sql import register as register_sql
 
     app = typer.Typer(help="PostgreSQL row-level security as the wall between tenants.", no_args_is_help=True)
+    register_sql(app)
 
     @app.command()
     def version() -> None:

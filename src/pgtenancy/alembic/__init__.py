@@ -1,0 +1,49 @@
+"""Alembic integration (needs the ``alembic`` extra): ``import pgtenancy.alembic`` in ``env.py``.
+
+Importing this package registers pgtenancy's operations on Alembic's ``op`` (``enable_tenant_isolation``,
+``disable_tenant_isolation``, ``create_tenant_role``, ``drop_tenant_role``, ``grant_tenant_access``,
+``revoke_tenant_access``), their renderers for autogenerate, and the comparator that proposes
+``enable_tenant_isolation`` for every marked model table whose live isolation is missing or differs.
+"""
+
+from __future__ import annotations
+
+try:
+    import alembic  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError("pgtenancy.alembic needs Alembic: pip install 'pgtenancy[alembic]'") from exc
+
+from pgtenancy.alembic import compare, render
+from pgtenancy.alembic.ops import (
+    CreateTenantRoleOp,
+    DisableTenantIsolationOp,
+    DropTenantRoleOp,
+    EnableTenantIsolationOp,
+    GrantTenantAccessOp,
+    IsolationSpec,
+    RevokeTenantAccessOp,
+    create_tenant_role,
+    disable_tenant_isolation,
+    drop_tenant_role,
+    enable_tenant_isolation,
+    grant_tenant_access,
+    revoke_tenant_access,
+)
+
+__all__ = [
+    "CreateTenantRoleOp",
+    "DisableTenantIsolationOp",
+    "DropTenantRoleOp",
+    "EnableTenantIsolationOp",
+    "GrantTenantAccessOp",
+    "IsolationSpec",
+    "RevokeTenantAccessOp",
+    "compare",
+    "create_tenant_role",
+    "disable_tenant_isolation",
+    "drop_tenant_role",
+    "enable_tenant_isolation",
+    "grant_tenant_access",
+    "render",
+    "revoke_tenant_access",
+]

@@ -1,0 +1,129 @@
+"""The autogenerate comparator: marked tables whose live isolation is missing or differs get enabled.
+
+A table is *marked* when one of its columns carries ``pgtenancy.orm.TENANT_INFO_KEY`` in ``.info``
+(``TenantMixin`` / ``tenant_column``). For each marked table the live catalog must show RLS enabled
+and forced and pgtenancy's policy with the expected expressions; the expected policy is created on the
+live table inside a SAVEPOINT, read back through ``pg_get_expr`` and rolled back, so PostgreSQL's
+own normal form is compared with itself. Tables that are not marked are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from alembic.autogenerate.api import AutogenContext
+from alembic.autogenerate.compare import comparators
+from alembic.operations.ops import UpgradeOps
+from alembic.util import DispatchPriority, PriorityDispatchResult
+from sqlalchemy import Connection, Table
+from sqlalchemy.exc import DBAPIError
+
+from pgtenancy.alembic.ops import EnableTenantIsolationOp, IsolationSpec
+from pgtenancy.catalog import PolicyInfo, table_policies, table_security
+from pgtenancy.config import DEFAULT_SETTING
+from pgtenancy.ddl import MANAGED_PREFIX, POLICY_NAME, CreateTenantPolicy
+from pgtenancy.errors import ConfigurationError
+from pgtenancy.orm import TENANT_INFO_KEY
+
+__all__ = ["compare_tenant_isolation", "isolation_problems", "tenant_spec"]
+
+log = logging.getLogger(__name__)
+
+_PROBE_POLICY = MANAGED_PREFIX + "expected_policy_probe"
+
+
+def tenant_spec(table: Table) -> IsolationSpec | None:
+    """The isolation a model table declares through its marked tenant column, or ``None`` if unmarked."""
+    marked = [column for column in table.columns if TENANT_INFO_KEY in column.info]
+    if not marked:
+        return None
+    if len(marked) > 1:
+        names = ", ".join(column.name for column in marked)
+        raise ConfigurationError(f"table {table.fullname!r} marks several tenant columns ({names}): keep one")
+    info = marked[0].info[TENANT_INFO_KEY]
+    return IsolationSpec(
+        table.name,
+        marked[0].name,
+        table.schema,
+        key_type=info.get("key_type", "uuid"),
+        setting=info.get("setting", DEFAULT_SETTING),
+        citus=info.get("citus", False),
+    )
+
+
+def _expected_policy(conn: Connection, spec: IsolationSpec) -> PolicyInfo | None:
+    """The policy ``spec`` would create, as the catalog prints it, or ``None`` if it cannot be created."""
+    try:
+        with conn.begin_nested() as savepoint:
+            conn.execute(
+                CreateTenantPolicy(
+                    spec.table,
+                    spec.column,
+                    spec.schema,
+                    key_type=spec.key_type,
+                    setting=spec.setting,
+                    citus=spec.citus,
+                    name=_PROBE_POLICY,
+                )
+            )
+            probe = next(p for p in table_policies(conn, spec.table, spec.schema) if p.name == _PROBE_POLICY)
+            savepoint.rollback()
+    except DBAPIError as exc:
+        log.warning("pgtenancy: cannot build the expected policy on %s: %s", spec.qualified_name, exc.orig)
+        return None
+    return probe
+
+
+def isolation_problems(conn: Connection, spec: IsolationSpec) -> list[str]:
+    """Every way the live table falls short of ``spec`` (empty when it is isolated as declared)."""
+    security = table_security(conn, spec.table, spec.schema)
+    if security is None:
+        return ["table does not exist yet"]
+    problems = []
+    if not security.rls_enabled:
+        problems.append("row level security is disabled")
+    if not security.rls_forced:
+        problems.append("row level security is not forced")
+    actual = next((p for p in table_policies(conn, spec.table, spec.schema) if p.name == POLICY_NAME), None)
+    if actual is None:
+        problems.append(f"policy {POLICY_NAME} is missing")
+        return problems
+    expected = _expected_policy(conn, spec)
+    if expected is None:
+        problems.append("the expected policy cannot be created on the live table")
+    elif (actual.permissive, actual.command, actual.roles, actual.using, actual.with_check) != (
+        expected.permissive,
+        expected.command,
+        expected.roles,
+        expected.using,
+        expected.with_check,
+    ):
+        problems.append(f"policy {POLICY_NAME} differs: {actual.using!r} instead of {expected.using!r}")
+    return problems
+
+
+@comparators.dispatch_for("schema", qualifier="postgresql", priority=DispatchPriority.LAST)
+def compare_tenant_isolation(
+    autogen_context: AutogenContext, upgrade_ops: UpgradeOps, schemas: set[str | None]
+) -> PriorityDispatchResult:
+    """Append ``enable_tenant_isolation`` for every marked table whose live isolation falls short.
+
+    Runs after Alembic's table comparison, so the operation follows a ``create_table`` or
+    ``add_column`` of the same revision.
+    """
+    conn = autogen_context.connection
+    if conn is None:
+        return PriorityDispatchResult.CONTINUE
+    for table in autogen_context.sorted_tables:
+        spec = tenant_spec(table)
+        if spec is None or table.schema not in schemas:
+            continue
+        if not autogen_context.run_object_filters(table, table.name, "table", False, None):
+            continue
+        problems = isolation_problems(conn, spec)
+        if problems:
+            log.info(
+                "Detected tenant isolation to enable on %r: %s", spec.qualified_name, "; ".join(problems)
+            )
+            upgrade_ops.ops.append(EnableTenantIsolationOp(spec))
+    return PriorityDispatchResult.CONTINUE

@@ -1,0 +1,211 @@
+"""Alembic operations: registered on ``op``, reversible, idempotent, checked before DDL, rendered offline."""
+
+from __future__ import annotations
+
+import io
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from alembic.autogenerate.api import AutogenContext
+from alembic.autogenerate.render import render_op_text
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.pool import NullPool
+
+import pgtenancy.alembic
+from pgtenancy.alembic import (
+    CreateTenantRoleOp,
+    DisableTenantIsolationOp,
+    EnableTenantIsolationOp,
+    GrantTenantAccessOp,
+    IsolationSpec,
+    RevokeTenantAccessOp,
+)
+from pgtenancy.catalog import SchemaMismatchError, role_info, table_policies, table_privileges, table_security
+from pgtenancy.errors import ConfigurationError
+from pgtenancy.testing import TestDatabase
+from tests.alembic_support import run_sql_script
+
+ROLE = "pgt_ops_" + secrets.token_hex(3)  # roles are shared by the whole server
+
+
+@pytest.fixture
+def owner(pgtenancy_owner_engine: Engine) -> Iterator[Connection]:
+    """An owner connection with two fresh tables; everything is rolled back after the test."""
+    with pgtenancy_owner_engine.connect() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE accounts (tenant_id uuid NOT NULL, id bigserial, PRIMARY KEY (tenant_id, id))"
+        )
+        conn.exec_driver_sql("CREATE TABLE counters (tenant_id bigint NOT NULL, n int)")
+        yield conn
+        conn.rollback()
+
+
+def operations(conn: Connection) -> Operations:
+    return Operations(MigrationContext.configure(conn))
+
+
+def offline_operations() -> tuple[Operations, io.StringIO]:
+    buffer = io.StringIO()
+    context = MigrationContext.configure(
+        dialect_name="postgresql", opts={"as_sql": True, "output_buffer": buffer, "literal_binds": True}
+    )
+    return Operations(context), buffer
+
+
+def test_importing_the_package_registers_every_operation():
+    for name in (
+        "enable_tenant_isolation",
+        "disable_tenant_isolation",
+        "create_tenant_role",
+        "drop_tenant_role",
+        "grant_tenant_access",
+        "revoke_tenant_access",
+    ):
+        assert callable(getattr(Operations, name)), name
+        assert callable(getattr(pgtenancy.alembic, name)), name
+
+
+def test_enable_and_disable_are_idempotent_and_exact_reverses(owner: Connection):
+    op = operations(owner)
+    for _ in range(2):
+        op.enable_tenant_isolation("counters", key_type="int")
+    security = table_security(owner, "counters")
+    assert security is not None and security.rls_enabled and security.rls_forced
+    assert [p.name for p in table_policies(owner, "counters")] == ["pgtenancy_tenant_isolation"]
+    for _ in range(2):
+        op.disable_tenant_isolation("counters", key_type="int")
+    security = table_security(owner, "counters")
+    assert security is not None and not security.rls_enabled and not security.rls_forced
+    assert table_policies(owner, "counters") == []
+
+
+def test_typed_functions_run_through_the_current_migration_context(owner: Connection):
+    with Operations.context(MigrationContext.configure(owner)):
+        pgtenancy.alembic.enable_tenant_isolation("counters", key_type="int")
+        security = table_security(owner, "counters")
+        assert security is not None and security.rls_forced
+        pgtenancy.alembic.disable_tenant_isolation("counters", key_type="int")
+    security = table_security(owner, "counters")
+    assert security is not None and not security.rls_enabled
+
+
+def test_reverse_carries_the_full_definition():
+    spec = IsolationSpec("t", "org", "s", key_type="str", setting="my.org", citus=True)
+    disable = EnableTenantIsolationOp(spec).reverse()
+    assert isinstance(disable, DisableTenantIsolationOp) and disable.spec == spec
+    assert disable.reverse().spec == spec
+    role = CreateTenantRoleOp("r", login=False, password="pw").reverse().reverse()
+    assert (role.name, role.login, role.password) == ("r", False, "pw")
+    grant = GrantTenantAccessOp("r", "t", schema="s").reverse()
+    assert isinstance(grant, RevokeTenantAccessOp) and (grant.role, grant.table, grant.schema) == (
+        "r",
+        "t",
+        "s",
+    )
+
+
+def test_grant_and_revoke_run_twice(owner: Connection, pgtenancy_database: TestDatabase):
+    op, app = operations(owner), pgtenancy_database.roles.app
+    for _ in range(2):
+        op.grant_tenant_access(app, "accounts")
+    assert table_privileges(owner, app, "accounts") == {"SELECT", "INSERT", "UPDATE", "DELETE"}
+    for _ in range(2):
+        op.revoke_tenant_access(app, "accounts")
+    assert table_privileges(owner, app, "accounts") == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda op: op.enable_tenant_isolation("missing"), SchemaMismatchError, "does not exist"),
+        (
+            lambda op: op.enable_tenant_isolation("counters", "org_id"),
+            SchemaMismatchError,
+            "no column 'org_id'",
+        ),
+        (
+            lambda op: op.enable_tenant_isolation("counters"),
+            SchemaMismatchError,
+            "is bigint, but key_type 'uuid'",
+        ),
+        (
+            lambda op: op.enable_tenant_isolation("counters", key_type="float"),
+            ConfigurationError,
+            "unsupported",
+        ),
+        (
+            lambda op: op.enable_tenant_isolation("counters", setting="bad setting"),
+            ConfigurationError,
+            "setting",
+        ),
+        (
+            lambda op: op.grant_tenant_access("pgt_no_such_role", "counters"),
+            SchemaMismatchError,
+            "create it first",
+        ),
+    ],
+)
+def test_bad_input_fails_before_any_ddl(owner: Connection, call, error, message):
+    with pytest.raises(error, match=message):
+        call(operations(owner))
+    security = table_security(owner, "counters")
+    assert security is not None and not security.rls_enabled
+    assert table_policies(owner, "counters") == []
+
+
+def test_offline_mode_writes_plain_sql_that_runs(pgtenancy_database: TestDatabase):
+    op, buffer = offline_operations()
+    op.enable_tenant_isolation("offline_items", key_type="int")
+    op.grant_tenant_access(pgtenancy_database.roles.app, "offline_items")
+    script = buffer.getvalue()
+    assert "ALTER TABLE offline_items ENABLE ROW LEVEL SECURITY;" in script
+    assert "DO $pgtenancy$" in script and "CREATE INDEX pgtenancy_ix_offline_items_tenant_id" in script
+    setup = "CREATE TABLE offline_items (id bigserial PRIMARY KEY, tenant_id bigint NOT NULL);\n"
+    run_sql_script(pgtenancy_database.url("owner"), "BEGIN;\n" + setup + script + script + "ROLLBACK;")
+
+
+@pytest.fixture
+def admin_ops(pgtenancy_database: TestDatabase) -> Iterator[tuple[Operations, Connection]]:
+    engine = create_engine(pgtenancy_database.url("admin"), poolclass=NullPool)
+    with engine.connect() as conn:
+        yield operations(conn), conn
+        conn.rollback()
+    engine.dispose()
+
+
+def test_role_operations_run_twice(admin_ops: tuple[Operations, Connection]):
+    op, conn = admin_ops
+    for _ in range(2):
+        op.create_tenant_role(ROLE, login=False)
+    role = role_info(conn, ROLE)
+    assert role is not None and not role.login and not role.bypassrls and not role.superuser
+    for _ in range(2):
+        op.drop_tenant_role(ROLE, login=False)
+    assert role_info(conn, ROLE) is None
+
+
+def test_create_role_refuses_an_existing_role_that_bypasses_rls(admin_ops: tuple[Operations, Connection]):
+    op, conn = admin_ops
+    conn.exec_driver_sql("CREATE ROLE " + ROLE + " BYPASSRLS")
+    with pytest.raises(SchemaMismatchError, match="BYPASSRLS"):
+        op.create_tenant_role(ROLE)
+
+
+def test_renderers_write_operations_with_their_import():
+    migration_context = MigrationContext.configure(dialect_name="postgresql")
+    context = AutogenContext(migration_context, opts={"alembic_module_prefix": "op."}, autogenerate=False)
+    spec = IsolationSpec("projects", key_type="int")
+    assert render_op_text(context, EnableTenantIsolationOp(spec)) == (
+        "op.enable_tenant_isolation('projects', key_type='int')"
+    )
+    assert render_op_text(
+        context, DisableTenantIsolationOp(IsolationSpec("t", "org", "s", setting="my.org"))
+    ) == ("op.disable_tenant_isolation('t', column='org', schema='s', setting='my.org')")
+    assert render_op_text(context, GrantTenantAccessOp("app", "t")) == "op.grant_tenant_access('app', 't')"
+    assert render_op_text(context, CreateTenantRoleOp("app", login=False)) == (
+        "op.create_tenant_role('app', login=False)"
+    )
+    assert context.imports == {"import pgtenancy.alembic"}
