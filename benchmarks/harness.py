@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, TextClause
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pgtenancy.context import tenant_context
 from pgtenancy.testing.database import (
     TestDatabase,
     TestRoles,
@@ -104,3 +107,26 @@ async def compare(
         result.baseline.append(figures[baseline])
         result.candidate.append(figures[candidate])
     return result
+
+
+def query_work(
+    engine: AsyncEngine, query: TextClause, bind: bool, pick: Callable[[random.Random], dict[str, int]]
+) -> Callable[[int], Awaitable[None]]:
+    """One query per call for a row ``pick`` chooses (its ``"t"`` is the tenant), in its own transaction.
+
+    :param bind: bind the row's tenant with ``tenant_context`` (instrumented engines) or not (baselines).
+    """
+    rng = random.Random(7)
+    names = [name for name in ("t", "id", "a") if ":" + name in query.text]
+
+    async def work(i: int) -> None:
+        row = pick(rng)
+        params = {name: row[name] for name in names}
+        if bind:
+            async with tenant_context(row["t"]), engine.connect() as conn:
+                (await conn.execute(query, params)).all()
+        else:
+            async with engine.connect() as conn:
+                (await conn.execute(query, params)).all()
+
+    return work

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import Connection, TextClause, create_engine, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from benchmarks.harness import Comparison, compare
-from pgtenancy import instrument, tenant_context
+from benchmarks.harness import Comparison, compare, query_work
+from pgtenancy import instrument
 from pgtenancy.testing.database import TestDatabase, TestRoles
 
 TENANTS = 1_000
@@ -135,26 +134,6 @@ def _spread_row(rng: random.Random) -> dict[str, int]:
     return {"t": row % MANY_TENANTS + 1, "id": row}
 
 
-def _work(
-    engine: AsyncEngine, query: TextClause, bind: bool, pick: Callable[[random.Random], dict[str, int]]
-) -> Callable[[int], Awaitable[None]]:
-    """One query for a random tenant: bound through ``tenant_context`` or, for baselines, not at all."""
-    rng = random.Random(7)
-    names = [name for name in ("t", "id", "a") if ":" + name in query.text]
-
-    async def work(i: int) -> None:
-        row = pick(rng)
-        params = {name: row[name] for name in names}
-        if bind:
-            async with tenant_context(row["t"]), engine.connect() as conn:
-                (await conn.execute(query, params)).all()
-        else:
-            async with engine.connect() as conn:
-                (await conn.execute(query, params)).all()
-
-    return work
-
-
 async def run(database: TestDatabase, *, rounds: int, seconds: float) -> list[Comparison]:
     """P2 (RLS / explicit filter, wrapped and unwrapped policies) and P4 (100k / 1k tenants)."""
     bypass = _bypass_role(database)
@@ -167,8 +146,8 @@ async def run(database: TestDatabase, *, rounds: int, seconds: float) -> list[Co
         for suffix, label in (("", "P2"), ("_unwrapped", "P2 unwrapped policy")):
             for name, (rls_sql, explicit_sql) in QUERIES.items():
                 tables = {"o": "orders" + suffix, "c": "customers" + suffix}
-                explicit = _work(plain_engine, text(explicit_sql.format(**tables)), False, _orders_row)
-                rls = _work(tenant_engine, text(rls_sql.format(**tables)), True, _orders_row)
+                explicit = query_work(plain_engine, text(explicit_sql.format(**tables)), False, _orders_row)
+                rls = query_work(tenant_engine, text(rls_sql.format(**tables)), True, _orders_row)
                 results.append(
                     await compare(
                         f"{label} {name}: RLS / explicit filter",
@@ -179,8 +158,10 @@ async def run(database: TestDatabase, *, rounds: int, seconds: float) -> list[Co
                         seconds=seconds,
                     )
                 )
-        few = _work(tenant_engine, text("SELECT * FROM orders WHERE id = :id"), True, _orders_row)
-        many = _work(tenant_engine, text("SELECT * FROM orders_spread WHERE id = :id"), True, _spread_row)
+        few = query_work(tenant_engine, text("SELECT * FROM orders WHERE id = :id"), True, _orders_row)
+        many = query_work(
+            tenant_engine, text("SELECT * FROM orders_spread WHERE id = :id"), True, _spread_row
+        )
         results.append(
             await compare(
                 "P4 point select throughput: 100k tenants / 1k tenants",

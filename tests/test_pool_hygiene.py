@@ -12,6 +12,17 @@ A = TENANTS[0]
 PROBE = "SELECT current_setting('app.current_tenant_id', true)"
 
 
+async def outside_any_transaction(conn, driver):
+    """The setting as the raw driver connection sees it in autocommit mode, beside SQLAlchemy."""
+    raw = (await conn.get_raw_connection()).driver_connection
+    if driver == "asyncpg":
+        return await raw.fetchval(PROBE)
+    await raw.set_autocommit(True)
+    value = (await (await raw.execute(PROBE)).fetchone())[0]
+    await raw.set_autocommit(False)
+    return value
+
+
 @pytest.mark.parametrize("driver", ["asyncpg", "psycopg_async"])
 @pytest.mark.parametrize("ending", ["commit", "rollback", "error"])
 async def test_async_raw_connection_shows_no_tenant_after_the_transaction(
@@ -24,13 +35,7 @@ async def test_async_raw_connection_shows_no_tenant_after_the_transaction(
             with pytest.raises(Exception, match="division by zero"):
                 await conn.execute(text("SELECT 1/0"))
         await (conn.commit() if ending == "commit" else conn.rollback())
-        raw = (await conn.get_raw_connection()).driver_connection
-        if driver == "asyncpg":
-            leftover = await raw.fetchval(PROBE)
-        else:
-            await raw.set_autocommit(True)
-            leftover = (await (await raw.execute(PROBE)).fetchone())[0]
-            await raw.set_autocommit(False)
+        leftover = await outside_any_transaction(conn, driver)
     assert leftover in (None, "")
     await engine.dispose()
 
@@ -57,13 +62,7 @@ async def test_every_mode_is_transaction_local(seeded, pgtenancy_engine_factory,
     async with tenant_context(A), engine.connect() as conn:
         assert (await conn.execute(text(PROBE))).scalar_one() == str(A)
         await conn.commit()
-        raw = (await conn.get_raw_connection()).driver_connection
-        if driver == "asyncpg":
-            leftover = await raw.fetchval(PROBE)
-        else:
-            await raw.set_autocommit(True)
-            leftover = (await (await raw.execute(PROBE)).fetchone())[0]
-            await raw.set_autocommit(False)
+        leftover = await outside_any_transaction(conn, driver)
     assert leftover in (None, "")
     separate = [s for s in sent if "set_config" in s or "SET LOCAL" in s]
     # with asyncpg the default mode sends the tenant inside the BEGIN message: no statement of its own
