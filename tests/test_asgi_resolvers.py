@@ -388,7 +388,7 @@ async def test_jwks_refuses_encryption_keys_and_algorithm_mismatches(signer: rsa
 )
 def test_missing_extra_is_named_in_the_import_error(blocked: str, statement: str) -> None:
     code = f"import sys; sys.modules[{blocked!r}] = None\n{statement}"
-    result = subprocess.run(  # noqa: S603 - our own interpreter, fixed code
+    result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode != 0

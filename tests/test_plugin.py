@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from sqlalchemy import create_engine, text
 
+from pgtenancy import current_tenant_id
 from pgtenancy.testing import TestServer
 
 pytest_plugins = ["pytester"]
@@ -80,3 +83,18 @@ def test_superuser_sees_everything(pgtenancy_engine_factory):
     )
     dsn = pgtenancy_server.admin_url.render_as_string(hide_password=False)
     pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pgtenancy-dsn", dsn).assert_outcomes(failed=1)
+
+
+def test_pgtenancy_tenant_binds_a_fresh_tenant(pgtenancy_tenant):
+    assert current_tenant_id() == pgtenancy_tenant
+    assert isinstance(pgtenancy_tenant, uuid.UUID)
+
+
+@pytest.mark.pgtenancy_tenant(202)
+async def test_pgtenancy_tenant_marker_reaches_async_tests(
+    pgtenancy_tenant, seeded, pgtenancy_engine_factory
+):
+    engine = pgtenancy_engine_factory("asyncpg", key_type="int")
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT tenant_id FROM int_notes"))).scalars().all() == [202]
+    await engine.dispose()

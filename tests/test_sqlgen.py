@@ -61,7 +61,7 @@ def psql(url: URL, template: str, **variables: str) -> subprocess.CompletedProce
     """Run one sql/ template with psql, passing ``variables`` as ``-v name=value``."""
     options = [arg for name, value in variables.items() for arg in ("-v", name + "=" + value)]
     dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    return subprocess.run(  # noqa: S603 - fixed program, arguments as a list
+    return subprocess.run(
         [PSQL, "-X", "-q", "-d", dsn, *options, "-f", str(TEMPLATES / template)],
         capture_output=True,
         text=True,

