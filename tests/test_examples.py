@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import re
 import runpy
+import secrets
+import time
 import uuid
 from pathlib import Path
 
+import httpx
+import jwt
 import pytest
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from sqlalchemy import create_engine, text
+
+from pgtenancy import instrument, tenant_context
+from pgtenancy.testing.database import create_template, drop_database
+
+pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -62,3 +74,119 @@ async def test_models_and_quickstart_examples(invoices_url, monkeypatch, pgtenan
     admin.dispose()
     assert stored == {"a-1": A, "a-2": A, "b-1": B}
     await quickstart["engine"].dispose()
+
+
+def _token(key, tenant):
+    return "Bearer " + jwt.encode({"tenant_id": str(tenant), "exp": int(time.time()) + 60}, key)
+
+
+@pytest.mark.parametrize("example", ["starlette_app.py", "fastapi_app.py"])
+async def test_web_app_examples(invoices_url, monkeypatch, example, pgtenancy_database):
+    key = secrets.token_hex(32)
+    monkeypatch.setenv("DATABASE_URL", invoices_url)
+    monkeypatch.setenv("JWT_KEY", key)
+    admin = create_engine(pgtenancy_database.url("admin"))
+    with admin.begin() as conn:
+        conn.execute(text("DELETE FROM invoices"))
+        conn.execute(
+            text("INSERT INTO invoices (tenant_id, body) VALUES (:a, 'a-1'), (:b, 'b-1')"), {"a": A, "b": B}
+        )
+    admin.dispose()
+    module = runpy.run_path(str(EXAMPLES / example))
+    transport = httpx.ASGITransport(app=module["app"])
+    async with httpx.AsyncClient(transport=transport, base_url="http://example") as client:
+        as_a = (await client.get("/invoices", headers={"Authorization": _token(key, A)})).json()
+        as_b = (await client.get("/invoices", headers={"Authorization": _token(key, B)})).json()
+        anonymous = await client.get("/invoices")
+    if example == "fastapi_app.py":
+        assert as_a == {"tenant": str(A), "invoices": ["a-1"]}
+        assert as_b == {"tenant": str(B), "invoices": ["b-1"]}
+    else:
+        assert (as_a, as_b) == (["a-1"], ["b-1"])
+    assert anonymous.status_code == 401
+    engine = module["engine"] if "engine" in module else module["Session"].kw["bind"]
+    await engine.dispose()
+
+
+def test_migration_example_upgrades_and_downgrades(pgtenancy_server, pgtenancy_roles, monkeypatch):
+    role = "ex_app_" + secrets.token_hex(4)
+    monkeypatch.setenv("APP_ROLE", role)
+    monkeypatch.setenv("APP_PASSWORD", "pw-" + secrets.token_hex(8))
+    revision = runpy.run_path(str(EXAMPLES / "migration.py"))
+    name = "pgt_example_mig_" + secrets.token_hex(3)
+    create_template(pgtenancy_server, pgtenancy_roles, name)
+    engine = create_engine(pgtenancy_server.url(database=name))
+    try:
+        with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+            revision["upgrade"]()
+            conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA public TO {role}")  # the template revoked PUBLIC's
+        with engine.connect() as conn:
+            flags = conn.execute(
+                text("SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE relname = 'invoices'")
+            ).one()
+            attrs = conn.execute(
+                text("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = :r"), {"r": role}
+            )
+            assert tuple(flags) == (True, True) and tuple(attrs.one()) == (False, False)
+        app = instrument(
+            create_engine(
+                pgtenancy_server.url(database=name, username=role, password=os.environ["APP_PASSWORD"])
+            )
+        )
+        for tenant, body in ((A, "a"), (B, "b")):
+            with tenant_context(tenant), app.begin() as conn:
+                conn.execute(text("INSERT INTO invoices (body) VALUES (:b)"), {"b": body})
+        with tenant_context(A), app.connect() as conn:
+            assert conn.execute(text("SELECT body FROM invoices")).scalars().all() == ["a"]
+        app.dispose()
+        with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+            conn.exec_driver_sql(f"REVOKE USAGE ON SCHEMA public FROM {role}")
+            revision["downgrade"]()
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT to_regclass('invoices')")).scalar_one() is None
+            assert (
+                conn.execute(
+                    text("SELECT count(*) FROM pg_roles WHERE rolname = :r"), {"r": role}
+                ).scalar_one()
+                == 0
+            )
+    finally:
+        engine.dispose()
+        drop_database(pgtenancy_server, name)
+        admin = create_engine(pgtenancy_server.admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
+        admin.dispose()
+
+
+def test_isolation_test_example_runs_in_a_users_suite(pytester, pgtenancy_server):
+    pytester.makepyfile(test_invoices=(EXAMPLES / "isolation_test.py").read_text())
+    dsn = pgtenancy_server.admin_url.render_as_string(hide_password=False)
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pgtenancy-dsn", dsn).assert_outcomes(passed=2)
+
+
+async def test_admin_example_sees_every_tenant(invoices_url, monkeypatch, pgtenancy_database):
+    role = pgtenancy_database.roles.app + "_reports"
+    admin = create_engine(pgtenancy_database.url("admin"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN BYPASSRLS PASSWORD 'reports'")
+        conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA public TO {role}")
+        conn.exec_driver_sql(f"GRANT SELECT ON invoices TO {role}")
+        conn.execute(text("DELETE FROM invoices"))
+        conn.execute(
+            text("INSERT INTO invoices (tenant_id, body) VALUES (:a, 'x'), (:a, 'y'), (:b, 'z')"),
+            {"a": A, "b": B},
+        )
+    url = pgtenancy_database.server.url(
+        database=pgtenancy_database.name, username=role, password="reports", drivername="postgresql+asyncpg"
+    )
+    monkeypatch.setenv("ADMIN_DATABASE_URL", url.render_as_string(hide_password=False))
+    module = runpy.run_path(str(EXAMPLES / "admin.py"))
+    try:
+        assert await module["invoices_per_tenant"]() == {A: 2, B: 1}
+    finally:
+        await module["admin_engine"].dispose()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP OWNED BY {role}")
+            conn.exec_driver_sql(f"DROP ROLE {role}")
+        admin.dispose()
