@@ -1,6 +1,6 @@
-"""A1: requests/s of a DB-backed Starlette endpoint, with ``TenantMiddleware`` vs binding in the handler.
+"""P3: requests/s of a DB-backed Starlette endpoint, with ``TenantMiddleware`` vs binding in the handler.
 
-``python -m benchmarks.asgi [--quick] [--json FILE]``. Both apps run the same query (no tenant
+``python -m benchmarks --only asgi``. Both apps run the same query (no tenant
 filter, RLS does the work) on the same instrumented engine through ``httpx.ASGITransport`` in this
 process, so the ratio isolates what the middleware adds on top of the handler binding the tenant
 itself: an extra ASGI layer, strict header parsing, validation and the ``scope["state"]`` entry.
@@ -8,10 +8,6 @@ itself: an extra ASGI layer, strict header parsing, validation and the ``scope["
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import sys
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -24,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from benchmarks.harness import Comparison, benchmark_database, compare
+from benchmarks.harness import Comparison, compare
 from pgtenancy import instrument, tenant_context, validate_tenant_id
 from pgtenancy.asgi import HeaderResolver, TenantMiddleware
 from pgtenancy.testing.database import TestDatabase, TestRoles
@@ -92,7 +88,7 @@ def _requests(client: httpx.AsyncClient) -> Callable[[int], Awaitable[None]]:
 
 
 async def run(database: TestDatabase, *, rounds: int, seconds: float) -> list[Comparison]:
-    """A1: one instrumented asyncpg engine (pool of 8), 16 concurrent clients, both apps interleaved."""
+    """P3: one instrumented asyncpg engine (pool of 8), 16 concurrent clients, both apps interleaved."""
     engine = create_async_engine(
         database.url("app", drivername="postgresql+asyncpg"), pool_size=8, max_overflow=0
     )
@@ -105,7 +101,7 @@ async def run(database: TestDatabase, *, rounds: int, seconds: float) -> list[Co
             httpx.AsyncClient(transport=transport(app=candidate_app), base_url="http://bench") as candidate,
         ):
             result = await compare(
-                "A1 list endpoint, asyncpg: TenantMiddleware / binding in the handler",
+                "P3 list endpoint, asyncpg: TenantMiddleware / binding in the handler",
                 _requests(baseline),
                 _requests(candidate),
                 rounds=rounds,
@@ -116,30 +112,3 @@ async def run(database: TestDatabase, *, rounds: int, seconds: float) -> list[Co
         await engine.dispose()
     result.unit = "requests/s"
     return [result]
-
-
-async def _main(rounds: int, seconds: float) -> list[dict[str, object]]:
-    with benchmark_database(schema) as database:
-        results = await run(database, rounds=rounds, seconds=seconds)
-    return [result.row() for result in results]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.asgi", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (a smoke run)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    args = parser.parse_args(argv)
-    rows = asyncio.run(_main(rounds=2 if args.quick else 6, seconds=0.5 if args.quick else 2.0))
-    for row in rows:
-        print(
-            f"{row['name']}\n  ratio {row['ratio']}  baseline {row['baseline']} {row['unit']}  "
-            f"candidate {row['candidate']} {row['unit']}  ({row['rounds']} interleaved rounds)"
-        )
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(rows, handle, indent=2)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
