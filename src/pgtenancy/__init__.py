@@ -13,6 +13,7 @@ from pgtenancy.errors import (
     UnsafeRoleError,
 )
 from pgtenancy.orm import TenantMixin, tenant_column
+from pgtenancy.pruning import disable_tenant_criteria, enable_tenant_criteria
 
 __all__ = [
     "DEFAULT_SETTING",
@@ -26,6 +27,8 @@ __all__ = [
     "TenantSwitchError",
     "UnsafeRoleError",
     "current_tenant_id",
+    "disable_tenant_criteria",
+    "enable_tenant_criteria",
     "instrument",
     "is_instrumented",
     "tenant_column",

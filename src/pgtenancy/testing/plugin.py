@@ -29,6 +29,8 @@ from pgtenancy.testing.server import TestServer, find_server
 
 __all__ = ["EngineFactory", "PluginConfig"]
 
+pytest_plugins = ["pgtenancy.testing.scaleout_fixtures"]  # Citus cluster and read-replica fixtures
+
 Driver = Literal["asyncpg", "psycopg", "psycopg_async"]
 _DRIVERNAMES: dict[str, str] = {
     "asyncpg": "postgresql+asyncpg",
