@@ -28,15 +28,23 @@ A, B = TENANTS[0], TENANTS[1]
 INJECTIONS = ["'; DROP TABLE notes; --", "00000000-0000-0000-0000-00000000000a'; DELETE FROM notes; --"]
 
 
-def statement_log(engine):
-    """Every statement the engine sends to the server, recorded as it goes."""
+async def statement_log(engine):
+    """Every statement handed to the driver from now on, recorded at the last hook before it.
+
+    The engine is connected once first, so SQLAlchemy's own set-up queries are not counted.
+    """
+    async with engine.connect():
+        pass
     sent = []
-    event.listen(
-        engine.sync_engine if hasattr(engine, "sync_engine") else engine,
-        "before_cursor_execute",
-        lambda conn, cursor, statement, *args: sent.append(statement),
-    )
+    sync_engine = engine.sync_engine
+    for name in ("do_execute", "do_execute_no_params", "do_executemany"):
+        event.listen(sync_engine, name, lambda cursor, statement, *args: sent.append(statement))
     return sent
+
+
+def sequence_value(database):
+    """The notes id sequence as the superuser sees it: any statement that reached the server moves it."""
+    return admin_count(database, "SELECT last_value FROM notes_id_seq")
 
 
 def admin_count(database, sql="SELECT count(*) FROM notes"):
@@ -54,17 +62,20 @@ def test_errors_form_one_hierarchy():
 
 async def test_no_tenant_raises_before_any_statement(seeded, pgtenancy_engine_factory):
     engine = pgtenancy_engine_factory("asyncpg")
-    sent = statement_log(engine)
-    before = admin_count(seeded)
+    sent = await statement_log(engine)
+    before, sequence = admin_count(seeded), sequence_value(seeded)
     async with engine.connect() as conn:
         with pytest.raises(NoTenantError, match="tenant_context"):
             await conn.execute(text("INSERT INTO notes (tenant_id, body) VALUES (:t, 'x')"), {"t": A})
+    async with engine.connect() as conn:
+        with pytest.raises(NoTenantError):
+            await conn.execute(text("SELECT nextval('notes_id_seq')"))
     factory = async_sessionmaker(engine)
     async with factory() as session:
         with pytest.raises(NoTenantError):
             await session.scalars(select(Note))
     assert sent == []
-    assert admin_count(seeded) == before
+    assert (admin_count(seeded), sequence_value(seeded)) == (before, sequence)
     async with tenant_context(A), engine.connect() as conn:  # the same pool still works afterwards
         assert (await conn.execute(text("SELECT count(*) FROM notes"))).scalar_one() == ROWS_PER_TENANT[A]
     await engine.dispose()
@@ -86,7 +97,7 @@ async def test_on_missing_empty_runs_with_no_tenant(seeded, pgtenancy_engine_fac
 @pytest.mark.parametrize("bad", INJECTIONS)
 async def test_malformed_tenant_never_reaches_the_database(seeded, pgtenancy_engine_factory, bad):
     engine = pgtenancy_engine_factory("asyncpg")
-    sent = statement_log(engine)
+    sent = await statement_log(engine)
     async with tenant_context(bad), engine.connect() as conn:
         with pytest.raises(InvalidTenantError):
             await conn.execute(text("SELECT count(*) FROM notes"))
@@ -106,7 +117,7 @@ async def test_int_engine_rejects_uuid_and_injection(seeded, pgtenancy_engine_fa
 
 async def test_engine_level_autocommit_is_refused(seeded, pgtenancy_engine_factory):
     engine = pgtenancy_engine_factory("asyncpg", engine_options={"isolation_level": "AUTOCOMMIT"})
-    sent = statement_log(engine)
+    sent = await statement_log(engine)
     async with tenant_context(A), engine.connect() as conn:
         with pytest.raises(AutocommitError):
             await conn.execute(text("SELECT count(*) FROM notes"))
@@ -239,3 +250,12 @@ def test_verify_role_false_is_an_explicit_opt_out(seeded, pgtenancy_engine_facto
         engine.connect() as conn,
     ):  # a superuser bypasses RLS: this is why the check exists
         assert conn.execute(text("SELECT count(*) FROM notes")).scalar_one() == sum(ROWS_PER_TENANT.values())
+
+
+async def test_superuser_is_refused_on_asyncpg_and_the_pool_recovers(seeded, pgtenancy_engine_factory):
+    engine = pgtenancy_engine_factory("asyncpg", role="admin")
+    for _ in range(2):  # the refused connection is closed, not pooled: the next checkout is checked again
+        with pytest.raises(UnsafeRoleError, match="superuser"):
+            async with tenant_context(A), engine.connect() as conn:
+                await conn.execute(text("SELECT count(*) FROM notes"))
+    await engine.dispose()

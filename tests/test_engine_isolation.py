@@ -215,3 +215,24 @@ async def test_connections_made_before_instrument_still_get_the_tenant(seeded, p
         rows = set((await conn.execute(text("SELECT tenant_id FROM notes"))).scalars())
     assert rows == {A}
     await engine.dispose()
+
+
+@pytest.mark.parametrize("driver", ASYNC_DRIVERS)
+async def test_bulk_inserts_savepoints_and_plain_sql_carry_the_tenant(
+    seeded, pgtenancy_engine_factory, driver
+):
+    engine = pgtenancy_engine_factory(driver)
+    factory = async_sessionmaker(engine, expire_on_commit=False)
+    async with tenant_context(B), factory() as session:
+        session.add_all([Note(body=f"bulk {n}") for n in range(60)])  # one multi-row INSERT ... RETURNING
+        await session.flush()
+        async with session.begin_nested():
+            session.add(Note(body="bulk in savepoint"))
+        await session.commit()
+    async with tenant_context(B), engine.begin() as conn:
+        await conn.exec_driver_sql("UPDATE notes SET body = body || '!' WHERE starts_with(body, 'bulk')")
+        rows = (await conn.exec_driver_sql("SELECT tenant_id, body FROM notes WHERE starts_with(body, 'bulk')")).all()
+        await conn.exec_driver_sql("DELETE FROM notes WHERE starts_with(body, 'bulk')")
+    assert len(rows) == 61 and {row.tenant_id for row in rows} == {B}
+    assert all(row.body.endswith("!") for row in rows)
+    await engine.dispose()

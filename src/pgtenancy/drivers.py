@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, String
+from sqlalchemy import Dialect, String
 
 from pgtenancy.errors import ConfigurationError
 
@@ -48,12 +48,11 @@ def set_local_renderer(dialect: Dialect, setting: str) -> Callable[[str], str]:
     return lambda value: prefix + render(value)
 
 
-def queue_with_begin(conn: Connection, suffix: str | None) -> bool:
-    """Attach ``suffix`` to the next BEGIN on ``conn``'s driver connection (``None`` clears it).
+def queue_with_begin(raw: Any, suffix: str | None) -> bool:
+    """Attach ``suffix`` to the next BEGIN on driver connection ``raw`` (``None`` clears it).
 
     Returns False when the driver connection cannot carry it (made before ``instrument()``).
     """
-    raw = conn.connection.driver_connection
     if not hasattr(type(raw), _SUFFIX):
         return False
     setattr(raw, _SUFFIX, suffix)

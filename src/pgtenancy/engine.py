@@ -13,7 +13,14 @@ from sqlalchemy.orm import sessionmaker
 from pgtenancy.config import DEFAULT_SETTING, validate_key_type, validate_setting_name, validate_tenant_id
 from pgtenancy.context import NO_TENANT, current_binding
 from pgtenancy.drivers import prepare_connect, queue_with_begin, set_local_renderer, supports_begin
-from pgtenancy.errors import AutocommitError, ConfigurationError, NoTenantError, TenantSwitchError
+from pgtenancy.errors import (
+    AutocommitError,
+    ConfigurationError,
+    NoTenantError,
+    TenantSwitchError,
+    UnsafeRoleError,
+)
+from pgtenancy.roles import verify_dbapi_role
 from pgtenancy.roles import verify_role as _verify_role
 
 __all__ = ["Mode", "OnMissing", "TenancyConfig", "instrument", "is_instrumented", "uninstrument"]
@@ -29,7 +36,7 @@ _VERIFIED: Final = (
     "pgtenancy.role_verified"  # connection-record key: the role check passed on this DBAPI connection
 )
 _SET_CONFIG = select(func.set_config(bindparam("setting"), bindparam("value"), true()))
-_instrumented: weakref.WeakKeyDictionary[Engine, _Instrumentation] = weakref.WeakKeyDictionary()
+_instrumented: weakref.WeakKeyDictionary[Engine, _Listeners] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +71,10 @@ def instrument(
 
     Each transaction applies the tenant transaction-locally: with ``mode="begin"`` (default) as
     ``SET LOCAL setting = 'tenant'`` in the same message as the driver's own ``BEGIN`` where the
-    driver allows it (asyncpg), else as ``SELECT set_config(setting, tenant, true)``;
-    ``mode="set_config"`` always that separate statement; ``mode="set_local"`` a separate
-    ``SET LOCAL`` (for Citus). Idempotent; returns ``target``.
+    driver allows it (asyncpg: checked per statement at the driver level, no engine events), else
+    as ``SELECT set_config(setting, tenant, true)``; ``mode="set_config"`` always that separate
+    statement; ``mode="set_local"`` a separate ``SET LOCAL`` (for Citus). Idempotent; returns
+    ``target``.
 
     :param target: an ``Engine``, ``AsyncEngine``, ``sessionmaker`` or ``async_sessionmaker`` (its binds).
     :param setting: the custom setting the RLS policies read.
@@ -84,7 +92,8 @@ def instrument(
                     "engine is already instrumented with other options; call uninstrument() first"
                 )
             continue
-        _instrumented[engine] = _Instrumentation(config, engine.dialect).install(engine)
+        kind = _DriverLevel if config.mode == "begin" and supports_begin(engine.dialect) else _EventLevel
+        _instrumented[engine] = kind(config, engine.dialect).install(engine)
     return target
 
 
@@ -119,24 +128,15 @@ def _engines_of(target: object) -> list[Engine]:
     )
 
 
-class _Instrumentation:
-    """The event listeners that enforce one ``TenancyConfig`` on one engine."""
+class _Listeners:
+    """Event listeners enforcing one ``TenancyConfig`` on one engine, and the checks they share."""
 
     def __init__(self, config: TenancyConfig, dialect: Dialect) -> None:
         self.config = config
-        self._with_begin = config.mode == "begin" and supports_begin(dialect)
         self._set_local = set_local_renderer(dialect, config.setting)
-        self._listeners: tuple[tuple[str, Any], ...] = (
-            ("begin", self._on_begin),
-            ("before_cursor_execute", self._on_statement),
-            ("commit", self._on_end),
-            ("rollback", self._on_end),
-            ("connect", self._on_connect),
-        )
-        if self._with_begin:
-            self._listeners += (("do_connect", self._on_do_connect),)
+        self._listeners: tuple[tuple[str, Any], ...] = ()
 
-    def install(self, engine: Engine) -> _Instrumentation:
+    def install(self, engine: Engine) -> _Listeners:
         for name, listener in self._listeners:
             event.listen(engine, name, listener)
         return self
@@ -146,52 +146,19 @@ class _Instrumentation:
             if event.contains(engine, name, listener):
                 event.remove(engine, name, listener)
 
-    def _on_do_connect(self, dialect: Dialect, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
-        """New driver connections are made able to carry the tenant with their BEGIN."""
-        prepare_connect(dialect, cparams)
-
-    def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
-        """A new DBAPI connection has not been role-checked yet."""
-        record.info.pop(_VERIFIED, None)
-
-    def _on_begin(self, conn: Connection) -> None:
-        """Check, then apply the bound tenant before the transaction's first statement."""
-        info = conn.info
-        info.pop(_APPLIED, None)
-        binding = current_binding()
+    def _resolve(self, binding: object) -> str:
+        """The value to apply for ``binding``: ``''`` for no tenant, else the validated id."""
         if binding is None and self.config.on_missing == "raise":
             raise NoTenantError(
                 "no tenant is bound: wrap the work in tenant_context(tenant_id), "
                 "or in without_tenant() for work on behalf of no tenant"
             )
-        value = (
-            ""
-            if binding is None or binding is NO_TENANT
-            else validate_tenant_id(binding, self.config.key_type)
-        )
-        if getattr(conn.connection.dbapi_connection, "autocommit", False):
-            raise AutocommitError(
-                "an AUTOCOMMIT connection cannot carry a transaction-local tenant; "
-                "use the default isolation level on tenant engines"
-            )
-        queued = self._with_begin and queue_with_begin(conn, self._set_local(value))
-        if self.config.verify_role and not info.get(_VERIFIED):
-            _verify_role(conn)
-            info[_VERIFIED] = True
-        if queued:
-            pass  # rides on the BEGIN the driver sends before this transaction's first statement
-        elif self.config.mode == "set_local":
-            conn.exec_driver_sql(self._set_local(value))
-        else:
-            conn.execute(_SET_CONFIG, {"setting": self.config.setting, "value": value})
-        info[_APPLIED] = (binding, value)
+        if binding is None or binding is NO_TENANT:
+            return ""
+        return validate_tenant_id(binding, self.config.key_type)
 
-    def _on_statement(self, conn: Connection, *args: Any) -> None:
+    def _check_switch(self, applied: tuple[object, str], binding: object) -> None:
         """Refuse a statement whose context binds another tenant than its transaction carries."""
-        applied = conn.info.get(_APPLIED)
-        if applied is None:
-            return
-        binding = current_binding()
         if binding is applied[0]:
             return
         if binding is None:
@@ -206,9 +173,107 @@ class _Instrumentation:
                 "use one Session/Connection per tenant context and do not share it across tasks"
             )
 
+
+def _check_autocommit(dbapi_connection: Any) -> None:
+    if getattr(dbapi_connection, "autocommit", False):
+        raise AutocommitError(
+            "an AUTOCOMMIT connection cannot carry a transaction-local tenant; "
+            "use the default isolation level on tenant engines"
+        )
+
+
+class _EventLevel(_Listeners):
+    """Engine events: check and apply the tenant at ``begin``, check each statement, forget at the end."""
+
+    def __init__(self, config: TenancyConfig, dialect: Dialect) -> None:
+        super().__init__(config, dialect)
+        self._listeners = (
+            ("begin", self._on_begin),
+            ("before_cursor_execute", self._on_statement),
+            ("commit", self._on_end),
+            ("rollback", self._on_end),
+            ("connect", self._on_connect),
+        )
+
+    def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
+        """A new DBAPI connection has not been role-checked yet."""
+        record.info.pop(_VERIFIED, None)
+
+    def _on_begin(self, conn: Connection) -> None:
+        """Check, then apply the bound tenant before the transaction's first statement."""
+        info = conn.info
+        info.pop(_APPLIED, None)
+        binding = current_binding()
+        value = self._resolve(binding)
+        _check_autocommit(conn.connection.dbapi_connection)
+        if self.config.verify_role and not info.get(_VERIFIED):
+            _verify_role(conn)
+            info[_VERIFIED] = True
+        if self.config.mode == "set_local":
+            conn.exec_driver_sql(self._set_local(value))
+        else:
+            conn.execute(_SET_CONFIG, {"setting": self.config.setting, "value": value})
+        info[_APPLIED] = (binding, value)
+
+    def _on_statement(self, conn: Connection, *args: Any) -> None:
+        applied = conn.info.get(_APPLIED)
+        if applied is not None:
+            self._check_switch(applied, current_binding())
+
     def _on_end(self, conn: Connection) -> None:
         """The transaction is over: forget its tenant (an invalidated connection has nothing to forget)."""
         if not conn.invalidated:
             conn.info.pop(_APPLIED, None)
-            if self._with_begin:
-                queue_with_begin(conn, None)
+
+
+class _DriverLevel(_Listeners):
+    """asyncpg, ``mode="begin"``: dialect and pool events only, so engines keep their fast path.
+
+    Before each statement the driver connection's own transaction status tells whether the
+    statement will begin a transaction: then the tenant is checked and queued as ``SET LOCAL`` to
+    ride on that ``BEGIN``; otherwise the statement is checked against the tenant applied.
+    """
+
+    def __init__(self, config: TenancyConfig, dialect: Dialect) -> None:
+        super().__init__(config, dialect)
+        self._listeners = (
+            ("do_connect", self._on_do_connect),
+            ("connect", self._on_connect),
+            ("do_execute", self._on_execute),
+            ("do_execute_no_params", self._on_execute),
+            ("do_executemany", self._on_execute),
+        )
+
+    def _on_do_connect(self, dialect: Dialect, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        """New driver connections are made able to carry the tenant with their BEGIN."""
+        prepare_connect(dialect, cparams)
+
+    def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
+        """Check the role once per new connection; refuse (and close) one that bypasses RLS."""
+        if self.config.verify_role:
+            try:
+                verify_dbapi_role(dbapi_connection)
+            except UnsafeRoleError:
+                dbapi_connection.close()
+                raise
+
+    def _on_execute(self, cursor: Any, statement: str, *args: Any) -> None:
+        """Before each statement: check it against its transaction's tenant, or queue the tenant."""
+        conn = args[-1].root_connection  # args end with the execution context
+        if not conn.in_transaction():
+            return  # SQLAlchemy's own set-up queries on a new connection (dialect.initialize)
+        fairy = conn.connection
+        raw = fairy.driver_connection
+        binding = current_binding()
+        in_transaction = raw.is_in_transaction()
+        if in_transaction:
+            applied = fairy.info.get(_APPLIED)
+            if applied is not None:
+                self._check_switch(applied, binding)
+                return
+        value = self._resolve(binding)
+        _check_autocommit(fairy.dbapi_connection)
+        sql = self._set_local(value)
+        if in_transaction or not queue_with_begin(raw, sql):
+            cursor.execute(sql)  # no BEGIN to ride on: a transaction begun elsewhere, or an older connection
+        fairy.info[_APPLIED] = (binding, value)

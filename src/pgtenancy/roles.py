@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Connection, text
 
 from pgtenancy.errors import UnsafeRoleError
 
-__all__ = ["role_problems", "verify_role"]
+__all__ = ["role_problems", "verify_dbapi_role", "verify_role"]
 
-_ROLE_QUERY = text(
-    """
+_ROLE_SQL = """
     SELECT r.rolname, r.rolsuper, r.rolbypassrls,
            ARRAY(SELECT c.oid::regclass::text
                    FROM pg_catalog.pg_class c
@@ -23,13 +24,17 @@ _ROLE_QUERY = text(
                   ORDER BY 1) AS bypassing_memberships
       FROM pg_catalog.pg_roles r
      WHERE r.rolname = current_user
-    """
-)
+"""
 
 
 def role_problems(conn: Connection) -> list[str]:
     """Every reason the connection's current role escapes row-level security (empty when it is safe)."""
-    name, superuser, bypassrls, unforced, memberships = conn.execute(_ROLE_QUERY).one()
+    return _problems(*conn.execute(text(_ROLE_SQL)).one())
+
+
+def _problems(
+    name: str, superuser: bool, bypassrls: bool, unforced: list[str], memberships: list[str]
+) -> list[str]:
     problems = []
     if superuser:
         problems.append(f"role {name!r} is a superuser")
@@ -47,7 +52,22 @@ def role_problems(conn: Connection) -> list[str]:
 
 def verify_role(conn: Connection) -> None:
     """Raise ``UnsafeRoleError`` unless row-level security binds the connection's current role."""
-    problems = role_problems(conn)
+    _raise_if(role_problems(conn))
+
+
+def verify_dbapi_role(dbapi_connection: Any) -> None:
+    """``verify_role`` on a raw DBAPI connection (a pool ``connect`` hook), leaving no transaction open."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(_ROLE_SQL)
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+        dbapi_connection.rollback()
+    _raise_if(_problems(*row))
+
+
+def _raise_if(problems: list[str]) -> None:
     if problems:
         raise UnsafeRoleError(
             "refusing to run tenant queries: "
