@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
@@ -135,6 +136,8 @@ class _Listeners:
         self.config = config
         self._set_local = set_local_renderer(dialect, config.setting)
         self._listeners: tuple[tuple[str, Any], ...] = ()
+        # validated value and SET LOCAL text per bound id; typed, so True never passes for 1
+        self._for_binding = functools.lru_cache(maxsize=4096, typed=True)(self._value_and_sql)
 
     def install(self, engine: Engine) -> _Listeners:
         for name, listener in self._listeners:
@@ -153,20 +156,21 @@ class _Listeners:
                 "no tenant is bound: wrap the work in tenant_context(tenant_id), "
                 "or in without_tenant() for work on behalf of no tenant"
             )
-        if binding is None or binding is NO_TENANT:
-            return ""
-        return validate_tenant_id(binding, self.config.key_type)
+        return self._for_binding(binding)[0]
+
+    def _value_and_sql(self, binding: object) -> tuple[str, str]:
+        value = (
+            ""
+            if binding is None or binding is NO_TENANT
+            else validate_tenant_id(binding, self.config.key_type)
+        )
+        return value, self._set_local(value)
 
     def _check_switch(self, applied: tuple[object, str], binding: object) -> None:
         """Refuse a statement whose context binds another tenant than its transaction carries."""
         if binding is applied[0]:
             return
-        if binding is None:
-            value = None
-        elif binding is NO_TENANT:
-            value = ""
-        else:
-            value = validate_tenant_id(binding, self.config.key_type)
+        value = None if binding is None else self._for_binding(binding)[0]
         if value != applied[1]:
             raise TenantSwitchError(
                 "this transaction was begun for another tenant than the one bound now; "
@@ -273,7 +277,7 @@ class _DriverLevel(_Listeners):
                 return
         value = self._resolve(binding)
         _check_autocommit(fairy.dbapi_connection)
-        sql = self._set_local(value)
+        sql = self._for_binding(binding)[1]
         if in_transaction or not queue_with_begin(raw, sql):
             cursor.execute(sql)  # no BEGIN to ride on: a transaction begun elsewhere, or an older connection
         fairy.info[_APPLIED] = (binding, value)
