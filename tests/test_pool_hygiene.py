@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import event, text
 
-from pgtenancy import tenant_context
+from pgtenancy import tenant_context, uninstrument
 from tests.conftest import TENANTS
 
 A = TENANTS[0]
@@ -67,4 +67,18 @@ async def test_every_mode_is_transaction_local(seeded, pgtenancy_engine_factory,
     separate = [s for s in sent if "set_config" in s or "SET LOCAL" in s]
     # with asyncpg the default mode sends the tenant inside the BEGIN message: no statement of its own
     assert len(separate) == (0 if (mode, driver) == ("begin", "asyncpg") else 1)
+    await engine.dispose()
+
+
+async def test_a_tenant_queued_but_never_sent_dies_with_uninstrument(seeded, pgtenancy_engine_factory):
+    """A raw COMMIT leaves the driver outside a transaction SQLAlchemy still thinks is open."""
+    engine = pgtenancy_engine_factory("asyncpg", engine_options={"pool_size": 1})
+    async with tenant_context(A), engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+        await conn.exec_driver_sql("COMMIT")  # behind SQLAlchemy's back
+        # no BEGIN follows (the adapter believes it is in a transaction): no tenant, nothing visible
+        assert (await conn.execute(text("SELECT count(*) FROM notes"))).scalar_one() == 0
+    uninstrument(engine)
+    async with engine.connect() as conn:
+        assert (await conn.execute(text(PROBE))).scalar_one() in (None, "")
     await engine.dispose()

@@ -14,7 +14,7 @@ from sqlalchemy import Dialect, String
 
 from pgtenancy.errors import ConfigurationError
 
-__all__ = ["prepare_connect", "queue_with_begin", "set_local_renderer", "supports_begin"]
+__all__ = ["Queue", "prepare_connect", "set_local_renderer", "supports_begin"]
 
 _SUFFIX = "_pgtenancy_begin_suffix"
 _subclasses: dict[type, type] = {}
@@ -48,15 +48,27 @@ def set_local_renderer(dialect: Dialect, setting: str) -> Callable[[str], str]:
     return lambda value: prefix + render(value)
 
 
-def queue_with_begin(raw: Any, suffix: str | None) -> bool:
-    """Attach ``suffix`` to the next BEGIN on driver connection ``raw`` (``None`` clears it).
+class Queue:
+    """Where one engine's instrumentation queues statements for BEGIN; closed by ``uninstrument()``.
 
-    Returns False when the driver connection cannot carry it (made before ``instrument()``).
+    A queued statement that no BEGIN took (the driver was already in a transaction) is never sent
+    once its queue is closed, so it cannot reach a transaction pgtenancy no longer governs.
     """
-    if not hasattr(type(raw), _SUFFIX):
-        return False
-    setattr(raw, _SUFFIX, suffix)
-    return True
+
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        self.open = True
+
+    def put(self, raw: Any, suffix: str) -> bool:
+        """Attach ``suffix`` to the next BEGIN on driver connection ``raw``.
+
+        Returns False when the driver connection cannot carry it (made before ``instrument()``).
+        """
+        if not hasattr(type(raw), _SUFFIX):
+            return False
+        setattr(raw, _SUFFIX, (self, suffix))
+        return True
 
 
 def _begin_aware(base: type) -> type:
@@ -67,13 +79,14 @@ def _begin_aware(base: type) -> type:
     if subclass is None:
 
         class BeginAwareConnection(base):  # type: ignore[misc, valid-type]
-            _pgtenancy_begin_suffix: str | None = None
+            _pgtenancy_begin_suffix: tuple[Queue, str] | None = None
 
             async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
-                suffix = self._pgtenancy_begin_suffix
-                if suffix is not None and not args and query.startswith("BEGIN"):
+                queued = self._pgtenancy_begin_suffix
+                if queued is not None and not args and query.startswith("BEGIN"):
                     self._pgtenancy_begin_suffix = None
-                    query = query + " " + suffix
+                    if queued[0].open:
+                        query = query + " " + queued[1]
                 return await super().execute(query, *args, timeout=timeout)
 
         subclass = _subclasses[base] = BeginAwareConnection

@@ -13,7 +13,7 @@ from sqlalchemy.orm import sessionmaker
 
 from pgtenancy.config import DEFAULT_SETTING, validate_key_type, validate_setting_name, validate_tenant_id
 from pgtenancy.context import NO_TENANT, current_binding
-from pgtenancy.drivers import prepare_connect, queue_with_begin, set_local_renderer, supports_begin
+from pgtenancy.drivers import Queue, prepare_connect, set_local_renderer, supports_begin
 from pgtenancy.errors import (
     AutocommitError,
     ConfigurationError,
@@ -240,6 +240,7 @@ class _DriverLevel(_Listeners):
 
     def __init__(self, config: TenancyConfig, dialect: Dialect) -> None:
         super().__init__(config, dialect)
+        self._queue = Queue()
         self._listeners = (
             ("do_connect", self._on_do_connect),
             ("connect", self._on_connect),
@@ -247,6 +248,10 @@ class _DriverLevel(_Listeners):
             ("do_execute_no_params", self._on_execute),
             ("do_executemany", self._on_execute),
         )
+
+    def remove(self, engine: Engine) -> None:
+        self._queue.open = False
+        super().remove(engine)
 
     def _on_do_connect(self, dialect: Dialect, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
         """New driver connections are made able to carry the tenant with their BEGIN."""
@@ -278,6 +283,6 @@ class _DriverLevel(_Listeners):
         value = self._resolve(binding)
         _check_autocommit(fairy.dbapi_connection)
         sql = self._for_binding(binding)[1]
-        if in_transaction or not queue_with_begin(raw, sql):
+        if in_transaction or not self._queue.put(raw, sql):
             cursor.execute(sql)  # no BEGIN to ride on: a transaction begun elsewhere, or an older connection
         fairy.info[_APPLIED] = (binding, value)
