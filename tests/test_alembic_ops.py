@@ -16,12 +16,15 @@ from sqlalchemy.pool import NullPool
 
 import pgtenancy.alembic
 from pgtenancy.alembic import (
+    CreateReferenceTableOp,
     CreateTenantRoleOp,
     DisableTenantIsolationOp,
+    DistributeTenantTableOp,
     EnableTenantIsolationOp,
     GrantTenantAccessOp,
     IsolationSpec,
     RevokeTenantAccessOp,
+    UndistributeTableOp,
 )
 from pgtenancy.catalog import SchemaMismatchError, role_info, table_policies, table_privileges, table_security
 from pgtenancy.errors import ConfigurationError
@@ -63,6 +66,9 @@ def test_importing_the_package_registers_every_operation():
         "drop_tenant_role",
         "grant_tenant_access",
         "revoke_tenant_access",
+        "distribute_tenant_table",
+        "create_reference_table",
+        "undistribute_table",
     ):
         assert callable(getattr(Operations, name)), name
         assert callable(getattr(pgtenancy.alembic, name)), name
@@ -209,3 +215,74 @@ def test_renderers_write_operations_with_their_import():
         "op.create_tenant_role('app', login=False)"
     )
     assert context.imports == {"import pgtenancy.alembic"}
+
+    assert render_op_text(context, DistributeTenantTableOp("projects")) == (
+        "op.distribute_tenant_table('projects')"
+    )
+
+
+def test_citus_operations_render_and_reverse_losslessly():
+    migration_context = MigrationContext.configure(dialect_name="postgresql")
+    context = AutogenContext(migration_context, opts={"alembic_module_prefix": "op."}, autogenerate=False)
+    distribute = DistributeTenantTableOp("tasks", "org_id", schema="crm", colocate_with="projects")
+    undo = distribute.reverse()
+    assert render_op_text(context, distribute) == (
+        "op.distribute_tenant_table('tasks', 'org_id', schema='crm', colocate_with='projects')"
+    )
+    assert render_op_text(context, undo) == (
+        "op.undistribute_table('tasks', 'org_id', schema='crm', colocate_with='projects')"
+    )
+    again = undo.reverse()
+    assert isinstance(again, DistributeTenantTableOp)
+    assert (again.table, again.column, again.schema, again.colocate_with) == (
+        "tasks",
+        "org_id",
+        "crm",
+        "projects",
+    )
+    reference = CreateReferenceTableOp("plans", schema="crm")
+    assert render_op_text(context, reference) == "op.create_reference_table('plans', schema='crm')"
+    assert render_op_text(context, reference.reverse()) == (
+        "op.undistribute_table('plans', schema='crm', reference=True)"
+    )
+    assert isinstance(reference.reverse().reverse(), CreateReferenceTableOp)
+    assert context.imports == {"import pgtenancy.alembic"}
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: DistributeTenantTableOp(""),
+        lambda: DistributeTenantTableOp("t", "x" * 64),
+        lambda: DistributeTenantTableOp("t", colocate_with=""),
+        lambda: CreateReferenceTableOp("t", schema=""),
+        lambda: UndistributeTableOp("t", colocate_with="p", reference=True),
+    ],
+)
+def test_citus_operations_refuse_bad_input_when_built(build):
+    with pytest.raises(ConfigurationError):
+        build()
+
+
+def test_citus_operations_write_guarded_sql_offline():
+    op, buffer = offline_operations()
+    op.distribute_tenant_table("Tasks", schema="crm", colocate_with="projects")
+    op.create_reference_table("plans")
+    op.undistribute_table("plans", reference=True)
+    assert buffer.getvalue().split(";\n\n")[:3] == [
+        "SELECT create_distributed_table(CAST('crm.\"Tasks\"' AS regclass), 'tenant_id', "
+        "colocate_with => 'crm.projects') WHERE NOT EXISTS "
+        "(SELECT FROM pg_dist_partition WHERE logicalrelid = CAST('crm.\"Tasks\"' AS regclass))",
+        "SELECT create_reference_table(CAST('plans' AS regclass)) WHERE NOT EXISTS "
+        "(SELECT FROM pg_dist_partition WHERE logicalrelid = CAST('plans' AS regclass))",
+        "SELECT undistribute_table(CAST('plans' AS regclass)) WHERE EXISTS "
+        "(SELECT FROM pg_dist_partition WHERE logicalrelid = CAST('plans' AS regclass))",
+    ]
+
+
+def test_a_hostile_table_name_stays_one_literal_offline():
+    op, buffer = offline_operations()
+    op.distribute_tenant_table("x'); DROP TABLE y; --")
+    assert buffer.getvalue().startswith(
+        "SELECT create_distributed_table(CAST('\"x''); DROP TABLE y; --\"' AS regclass), 'tenant_id'"
+    )

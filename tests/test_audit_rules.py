@@ -223,9 +223,12 @@ def test_each_hole_fires_its_rule(
         assert finding.confirmed is None  # static findings are never "confirmed"
 
 
+CITUS_RULES = {"PGT026", "PGT027"}  # need a Citus cluster: exercised in tests/scaleout/test_citus_audit.py
+
+
 def test_every_static_rule_is_exercised() -> None:
     exercised = set().union(*(expected for _, expected in HOLES))
-    assert exercised == set(RULES)
+    assert exercised == set(RULES) - CITUS_RULES
 
 
 def build_clean(box: Sandbox) -> None:

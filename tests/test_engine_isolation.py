@@ -231,7 +231,9 @@ async def test_bulk_inserts_savepoints_and_plain_sql_carry_the_tenant(
         await session.commit()
     async with tenant_context(B), engine.begin() as conn:
         await conn.exec_driver_sql("UPDATE notes SET body = body || '!' WHERE starts_with(body, 'bulk')")
-        rows = (await conn.exec_driver_sql("SELECT tenant_id, body FROM notes WHERE starts_with(body, 'bulk')")).all()
+        rows = (
+            await conn.exec_driver_sql("SELECT tenant_id, body FROM notes WHERE starts_with(body, 'bulk')")
+        ).all()
         await conn.exec_driver_sql("DELETE FROM notes WHERE starts_with(body, 'bulk')")
     assert len(rows) == 61 and {row.tenant_id for row in rows} == {B}
     assert all(row.body.endswith("!") for row in rows)

@@ -2,8 +2,10 @@
 
 Importing this package registers pgtenancy's operations on Alembic's ``op`` (``enable_tenant_isolation``,
 ``disable_tenant_isolation``, ``create_tenant_role``, ``drop_tenant_role``, ``grant_tenant_access``,
-``revoke_tenant_access``), their renderers for autogenerate, and the comparator that proposes
-``enable_tenant_isolation`` for every marked model table whose live isolation is missing or differs.
+``revoke_tenant_access``, and for Citus ``distribute_tenant_table``, ``create_reference_table``,
+``undistribute_table``), their renderers for autogenerate, and the comparator that proposes
+``enable_tenant_isolation`` for every marked model table whose live isolation is missing or differs
+(and, in a Citus database, ``distribute_tenant_table`` for marked tables that are not distributed).
 """
 
 from __future__ import annotations
@@ -15,35 +17,47 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from pgtenancy.alembic import compare, render
 from pgtenancy.alembic.ops import (
+    CreateReferenceTableOp,
     CreateTenantRoleOp,
     DisableTenantIsolationOp,
+    DistributeTenantTableOp,
     DropTenantRoleOp,
     EnableTenantIsolationOp,
     GrantTenantAccessOp,
     IsolationSpec,
     RevokeTenantAccessOp,
+    UndistributeTableOp,
+    create_reference_table,
     create_tenant_role,
     disable_tenant_isolation,
+    distribute_tenant_table,
     drop_tenant_role,
     enable_tenant_isolation,
     grant_tenant_access,
     revoke_tenant_access,
+    undistribute_table,
 )
 
 __all__ = [
+    "CreateReferenceTableOp",
     "CreateTenantRoleOp",
     "DisableTenantIsolationOp",
+    "DistributeTenantTableOp",
     "DropTenantRoleOp",
     "EnableTenantIsolationOp",
     "GrantTenantAccessOp",
     "IsolationSpec",
     "RevokeTenantAccessOp",
+    "UndistributeTableOp",
     "compare",
+    "create_reference_table",
     "create_tenant_role",
     "disable_tenant_isolation",
+    "distribute_tenant_table",
     "drop_tenant_role",
     "enable_tenant_isolation",
     "grant_tenant_access",
     "render",
     "revoke_tenant_access",
+    "undistribute_table",
 ]

@@ -5,11 +5,15 @@ A table is *marked* when one of its columns carries ``pgtenancy.orm.TENANT_INFO_
 and forced and pgtenancy's policy with the expected expressions; the expected policy is created on the
 live table inside a SAVEPOINT, read back through ``pg_get_expr`` and rolled back, so PostgreSQL's
 own normal form is compared with itself. Tables that are not marked are never touched.
+
+In a database with the Citus extension the expected policy is the unwrapped form Citus accepts, and a
+marked table that is still a plain table also gets ``distribute_tenant_table`` by its tenant column.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from alembic.autogenerate.api import AutogenContext
 from alembic.autogenerate.compare import comparators
@@ -18,14 +22,15 @@ from alembic.util import DispatchPriority, PriorityDispatchResult
 from sqlalchemy import Connection, Table
 from sqlalchemy.exc import DBAPIError
 
-from pgtenancy.alembic.ops import EnableTenantIsolationOp, IsolationSpec
+from pgtenancy import citus
+from pgtenancy.alembic.ops import DistributeTenantTableOp, EnableTenantIsolationOp, IsolationSpec
 from pgtenancy.catalog import PolicyInfo, table_policies, table_security
 from pgtenancy.config import DEFAULT_SETTING
 from pgtenancy.ddl import MANAGED_PREFIX, POLICY_NAME, CreateTenantPolicy
 from pgtenancy.errors import ConfigurationError
 from pgtenancy.orm import TENANT_INFO_KEY
 
-__all__ = ["compare_tenant_isolation", "isolation_problems", "tenant_spec"]
+__all__ = ["compare_tenant_isolation", "distribution_op", "isolation_problems", "tenant_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +107,27 @@ def isolation_problems(conn: Connection, spec: IsolationSpec) -> list[str]:
     return problems
 
 
+def distribution_op(conn: Connection, spec: IsolationSpec) -> DistributeTenantTableOp | None:
+    """``distribute_tenant_table`` for a table Citus does not hold yet (call only with Citus present).
+
+    A table Citus already holds another way (another column, a reference table) is left as it is,
+    with a warning: moving its rows is a decision for a hand-written revision.
+    """
+    exists = table_security(conn, spec.table, spec.schema) is not None  # or made in the same revision
+    current = citus.distribution_of(conn, spec.table, schema=spec.schema) if exists else None
+    if current is None:
+        return DistributeTenantTableOp(spec.table, spec.column, schema=spec.schema)
+    if current != citus.Distribution("distributed", spec.column):
+        log.warning(
+            "pgtenancy: %s is a Citus %s table, not distributed by %r: undistribute it in a revision "
+            "written by hand, then distribute it by its tenant column",
+            spec.qualified_name,
+            current.kind,
+            spec.column,
+        )
+    return None
+
+
 @comparators.dispatch_for("schema", qualifier="postgresql", priority=DispatchPriority.LAST)
 def compare_tenant_isolation(
     autogen_context: AutogenContext, upgrade_ops: UpgradeOps, schemas: set[str | None]
@@ -109,21 +135,29 @@ def compare_tenant_isolation(
     """Append ``enable_tenant_isolation`` for every marked table whose live isolation falls short.
 
     Runs after Alembic's table comparison, so the operation follows a ``create_table`` or
-    ``add_column`` of the same revision.
+    ``add_column`` of the same revision. With Citus, ``distribute_tenant_table`` follows it for tables
+    not distributed yet (parents before children: the tables come in dependency order).
     """
     conn = autogen_context.connection
     if conn is None:
         return PriorityDispatchResult.CONTINUE
+    with_citus = citus.citus_version(conn) is not None
     for table in autogen_context.sorted_tables:
         spec = tenant_spec(table)
         if spec is None or table.schema not in schemas:
             continue
         if not autogen_context.run_object_filters(table, table.name, "table", False, None):
             continue
+        if with_citus:
+            spec = replace(spec, citus=True)  # Citus refuses the (SELECT ...) policy on its tables
         problems = isolation_problems(conn, spec)
         if problems:
             log.info(
                 "Detected tenant isolation to enable on %r: %s", spec.qualified_name, "; ".join(problems)
             )
             upgrade_ops.ops.append(EnableTenantIsolationOp(spec))
+        distribute = distribution_op(conn, spec) if with_citus else None
+        if distribute is not None:
+            log.info("Detected tenant table to distribute on %r", spec.qualified_name)
+            upgrade_ops.ops.append(distribute)
     return PriorityDispatchResult.CONTINUE

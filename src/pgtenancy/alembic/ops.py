@@ -1,39 +1,50 @@
 """Alembic operations for tenant isolation, roles and grants: state objects, their SQL and typed calls.
 
 Each operation is a plain object with ``reverse()``; the same object is run, rendered into a revision
-file and reversed. Its SQL comes from ``pgtenancy.ddl``. Online, each operation first checks the live
-catalog and raises ``SchemaMismatchError`` before any DDL runs when the table, column or role does not
-fit; offline (``alembic upgrade --sql``) it writes the same idempotent statements.
+file and reversed. Its SQL comes from ``pgtenancy.ddl`` (Citus distribution: ``pgtenancy.citus``).
+Online, each operation first checks the live catalog and raises ``SchemaMismatchError`` (or
+``CitusNotAvailableError`` for a Citus operation on a database without Citus) before any DDL runs;
+offline (``alembic upgrade --sql``) it writes the same idempotent statements.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from alembic import op as _alembic_op
 from alembic.operations import MigrateOperation, Operations
-from sqlalchemy import Connection
+from sqlalchemy import Connection, TextClause
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.schema import DDLElement
+from sqlalchemy.sql.compiler import DDLCompiler
 
-from pgtenancy import ddl
-from pgtenancy.catalog import SchemaMismatchError, column_type, role_info, table_security
+from pgtenancy import citus, ddl
+from pgtenancy.catalog import SchemaMismatchError, column_type, role_info, table_policies, table_security
 from pgtenancy.config import DEFAULT_SETTING, sql_type_name, validate_key_type, validate_setting_name
+from pgtenancy.errors import ConfigurationError
 
 __all__ = [
+    "CreateReferenceTableOp",
     "CreateTenantRoleOp",
     "DisableTenantIsolationOp",
+    "DistributeTenantTableOp",
     "DropTenantRoleOp",
     "EnableTenantIsolationOp",
     "GrantTenantAccessOp",
     "IsolationSpec",
     "RevokeTenantAccessOp",
+    "UndistributeTableOp",
     "check_tenant_table",
+    "create_reference_table",
     "create_tenant_role",
     "disable_tenant_isolation",
+    "distribute_tenant_table",
     "drop_tenant_role",
     "enable_tenant_isolation",
     "grant_tenant_access",
     "revoke_tenant_access",
+    "undistribute_table",
 ]
 
 # The column types a policy comparing with the setting cast to each key type's SQL type can use.
@@ -273,12 +284,164 @@ class RevokeTenantAccessOp(MigrateOperation):
         return ("revoke_tenant_access", self.role, self.schema, self.table)
 
 
+def _validate_table(table: str, schema: str | None) -> None:
+    ddl.validate_identifier(table, "table")
+    if schema is not None:
+        ddl.validate_identifier(schema, "schema")
+
+
+@Operations.register_operation("distribute_tenant_table")
+class DistributeTenantTableOp(MigrateOperation):
+    """Hash-distribute a tenant table by its tenant column with Citus, so each tenant lives in one shard."""
+
+    def __init__(
+        self,
+        table: str,
+        column: str = "tenant_id",
+        *,
+        schema: str | None = None,
+        colocate_with: str | None = None,
+    ) -> None:
+        _validate_table(table, schema)
+        ddl.validate_identifier(column, "column")
+        if colocate_with is not None:
+            ddl.validate_identifier(colocate_with, "colocate_with table")
+        self.table = table
+        self.column = column
+        self.schema = schema
+        self.colocate_with = colocate_with
+
+    @classmethod
+    def distribute_tenant_table(
+        cls,
+        operations: Operations,
+        table: str,
+        column: str = "tenant_id",
+        *,
+        schema: str | None = None,
+        colocate_with: str | None = None,
+    ) -> None:
+        """Distribute ``table`` by ``column`` (``create_distributed_table``) unless it already is."""
+        operations.invoke(cls(table, column, schema=schema, colocate_with=colocate_with))
+
+    def statement(self) -> TextClause:
+        """The guarded ``SELECT create_distributed_table(...)``."""
+        return citus.distributed_table_sql(
+            self.table, self.column, schema=self.schema, colocate_with=self.colocate_with
+        )
+
+    def reverse(self) -> UndistributeTableOp:
+        return UndistributeTableOp(
+            self.table, self.column, schema=self.schema, colocate_with=self.colocate_with
+        )
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("distribute_tenant_table", self.schema, self.table, self.column)
+
+
+@Operations.register_operation("create_reference_table")
+class CreateReferenceTableOp(MigrateOperation):
+    """Make a table a Citus reference table: one copy on every node, for shared lookup data."""
+
+    def __init__(self, table: str, *, schema: str | None = None) -> None:
+        _validate_table(table, schema)
+        self.table = table
+        self.schema = schema
+
+    @classmethod
+    def create_reference_table(cls, operations: Operations, table: str, *, schema: str | None = None) -> None:
+        """Replicate ``table`` to every node (``create_reference_table``) unless it already is."""
+        operations.invoke(cls(table, schema=schema))
+
+    def statement(self) -> TextClause:
+        """The guarded ``SELECT create_reference_table(...)``."""
+        return citus.reference_table_sql(self.table, schema=self.schema)
+
+    def reverse(self) -> UndistributeTableOp:
+        return UndistributeTableOp(self.table, schema=self.schema, reference=True)
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("create_reference_table", self.schema, self.table)
+
+
+@Operations.register_operation("undistribute_table")
+class UndistributeTableOp(MigrateOperation):
+    """Turn a Citus table back into a plain table; carries its distribution so the reverse restores it.
+
+    ``reference=True`` undoes ``create_reference_table``; otherwise ``column`` and ``colocate_with``
+    are what ``distribute_tenant_table`` used.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        column: str = "tenant_id",
+        *,
+        schema: str | None = None,
+        colocate_with: str | None = None,
+        reference: bool = False,
+    ) -> None:
+        if reference and colocate_with is not None:
+            raise ConfigurationError("a reference table is not co-located: leave colocate_with out")
+        self.table = table
+        self.column = column
+        self.schema = schema
+        self.colocate_with = colocate_with
+        self.reference = reference
+        self.reverse()  # validates the names now, not when the reverse runs
+
+    @classmethod
+    def undistribute_table(
+        cls,
+        operations: Operations,
+        table: str,
+        column: str = "tenant_id",
+        *,
+        schema: str | None = None,
+        colocate_with: str | None = None,
+        reference: bool = False,
+    ) -> None:
+        """Make ``table`` a plain table again (``undistribute_table``, rows kept) if Citus holds it."""
+        operations.invoke(cls(table, column, schema=schema, colocate_with=colocate_with, reference=reference))
+
+    def statement(self) -> TextClause:
+        """The guarded ``SELECT undistribute_table(...)``."""
+        return citus.undistribute_table_sql(self.table, schema=self.schema)
+
+    def reverse(self) -> DistributeTenantTableOp | CreateReferenceTableOp:
+        if self.reference:
+            return CreateReferenceTableOp(self.table, schema=self.schema)
+        return DistributeTenantTableOp(
+            self.table, self.column, schema=self.schema, colocate_with=self.colocate_with
+        )
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("undistribute_table", self.schema, self.table)
+
+
+class _LiteralStatement(DDLElement):
+    """A statement with bound values, rendered with its values as literals (for the offline script)."""
+
+    inherit_cache = False
+
+    def __init__(self, statement: TextClause) -> None:
+        self.statement = statement
+
+
+@compiles(_LiteralStatement)
+def _compile_literal(element: _LiteralStatement, compiler: DDLCompiler, **kw: Any) -> str:
+    return str(compiler.sql_compiler.process(element.statement, literal_binds=True))
+
+
 @Operations.implementation_for(EnableTenantIsolationOp)
 def _enable(operations: Operations, operation: EnableTenantIsolationOp) -> None:
+    spec = operation.spec
     conn = _online(operations)
     if conn is not None:
-        check_tenant_table(conn, operation.spec)
-    _run(operations, ddl.enable_statements(operation.spec.table, **operation.spec.options()))
+        check_tenant_table(conn, spec)
+        if not spec.citus and citus.citus_version(conn) is not None:
+            spec = replace(spec, citus=True)  # Citus refuses the (SELECT ...) policy on its tables
+    _run(operations, ddl.enable_statements(spec.table, **spec.options()))
 
 
 @Operations.implementation_for(DisableTenantIsolationOp)
@@ -328,6 +491,63 @@ def _revoke(operations: Operations, operation: RevokeTenantAccessOp) -> None:
     _run(operations, ddl.revoke_statements(operation.role, operation.table, operation.schema))
 
 
+def _check_citus_table(conn: Connection, table: str, column: str | None, schema: str | None) -> None:
+    """Raise ``CitusNotAvailableError`` without Citus, ``SchemaMismatchError`` for a missing table/column."""
+    citus.require_citus(conn)
+    _check_table_exists(conn, table, schema)
+    if column is not None and column_type(conn, table, column, schema) is None:
+        name = table if schema is None else schema + "." + table
+        raise SchemaMismatchError(f"table {name!r} has no column {column!r} to distribute it by")
+
+
+def _check_no_subquery_policy(conn: Connection, table: str, schema: str | None) -> None:
+    """Raise ``SchemaMismatchError`` if a policy of ``table`` has a subquery: Citus cannot distribute it."""
+    for policy in table_policies(conn, table, schema):
+        if any("SELECT" in (expression or "") for expression in (policy.using, policy.with_check)):
+            raise SchemaMismatchError(
+                f"policy {policy.name!r} on {table!r} has a subquery, which Citus refuses on a distributed "
+                "table: run op.enable_tenant_isolation(..., citus=True) first (or drop the policy, "
+                "distribute, and enable isolation afterwards)"
+            )
+
+
+@Operations.implementation_for(DistributeTenantTableOp)
+def _distribute(operations: Operations, operation: DistributeTenantTableOp) -> None:
+    conn = _online(operations)
+    if conn is None:
+        operations.execute(_LiteralStatement(operation.statement()))
+        return
+    _check_citus_table(conn, operation.table, operation.column, operation.schema)
+    _check_no_subquery_policy(conn, operation.table, operation.schema)
+    citus.create_distributed_table(
+        conn,
+        operation.table,
+        operation.column,
+        schema=operation.schema,
+        colocate_with=operation.colocate_with,
+    )
+
+
+@Operations.implementation_for(CreateReferenceTableOp)
+def _create_reference(operations: Operations, operation: CreateReferenceTableOp) -> None:
+    conn = _online(operations)
+    if conn is None:
+        operations.execute(_LiteralStatement(operation.statement()))
+        return
+    _check_citus_table(conn, operation.table, None, operation.schema)
+    citus.create_reference_table(conn, operation.table, schema=operation.schema)
+
+
+@Operations.implementation_for(UndistributeTableOp)
+def _undistribute(operations: Operations, operation: UndistributeTableOp) -> None:
+    conn = _online(operations)
+    if conn is None:
+        operations.execute(_LiteralStatement(operation.statement()))
+        return
+    _check_citus_table(conn, operation.table, None, operation.schema)
+    citus.undistribute_table(conn, operation.table, schema=operation.schema)
+
+
 def enable_tenant_isolation(
     table: str,
     column: str = "tenant_id",
@@ -343,7 +563,8 @@ def enable_tenant_isolation(
     :param column: the tenant column, of the SQL type of ``key_type``.
     :param key_type: ``"uuid"``, ``"int"`` (bigint/integer column) or ``"str"`` (text/varchar column).
     :param setting: the custom setting the policy reads (the one ``pgtenancy.instrument`` sets).
-    :param citus: write the policy without the ``(SELECT ...)`` wrapper, which Citus cannot route.
+    :param citus: write the policy without the ``(SELECT ...)`` wrapper, which Citus refuses on its
+        tables; online it is chosen by itself when the database has the Citus extension.
     """
     _alembic_op.invoke(
         EnableTenantIsolationOp(IsolationSpec(table, column, schema, key_type, setting, citus))
@@ -383,3 +604,41 @@ def grant_tenant_access(role: str, table: str, *, schema: str | None = None) -> 
 def revoke_tenant_access(role: str, table: str, *, schema: str | None = None) -> None:
     """Typed ``op.revoke_tenant_access``: the reverse of ``grant_tenant_access``."""
     _alembic_op.invoke(RevokeTenantAccessOp(role, table, schema=schema))
+
+
+def distribute_tenant_table(
+    table: str, column: str = "tenant_id", *, schema: str | None = None, colocate_with: str | None = None
+) -> None:
+    """Typed ``op.distribute_tenant_table``: hash-distribute ``table`` by its tenant column with Citus.
+
+    Emits ``SELECT create_distributed_table(...)`` guarded by ``pg_dist_partition`` (a no-op when the
+    table is already distributed by ``column``). Online, a database without Citus raises
+    ``CitusNotAvailableError`` and a table distributed otherwise ``CitusDistributionError``, before any DDL.
+
+    :param column: the tenant column, so each tenant's rows share a shard.
+    :param colocate_with: a table (same schema) to co-locate with, ``"none"`` for a new co-location group,
+        or ``None`` for Citus' default (tables whose distribution column has the same type).
+    """
+    _alembic_op.invoke(DistributeTenantTableOp(table, column, schema=schema, colocate_with=colocate_with))
+
+
+def create_reference_table(table: str, *, schema: str | None = None) -> None:
+    """Typed ``op.create_reference_table``: copy ``table`` to every Citus node (shared lookup data)."""
+    _alembic_op.invoke(CreateReferenceTableOp(table, schema=schema))
+
+
+def undistribute_table(
+    table: str,
+    column: str = "tenant_id",
+    *,
+    schema: str | None = None,
+    colocate_with: str | None = None,
+    reference: bool = False,
+) -> None:
+    """Typed ``op.undistribute_table``: a plain table again, rows kept; the reverse of the two above.
+
+    ``column``/``colocate_with`` (or ``reference=True``) only say what the reverse operation restores.
+    """
+    _alembic_op.invoke(
+        UndistributeTableOp(table, column, schema=schema, colocate_with=colocate_with, reference=reference)
+    )

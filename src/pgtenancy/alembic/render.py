@@ -8,13 +8,16 @@ from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 
 from pgtenancy.alembic.ops import (
+    CreateReferenceTableOp,
     CreateTenantRoleOp,
     DisableTenantIsolationOp,
+    DistributeTenantTableOp,
     DropTenantRoleOp,
     EnableTenantIsolationOp,
     GrantTenantAccessOp,
     IsolationSpec,
     RevokeTenantAccessOp,
+    UndistributeTableOp,
 )
 
 __all__ = ["IMPORT"]
@@ -76,3 +79,33 @@ def _render_grant(autogen_context: AutogenContext, op: GrantTenantAccessOp) -> s
 def _render_revoke(autogen_context: AutogenContext, op: RevokeTenantAccessOp) -> str:
     options = {} if op.schema is None else {"schema": op.schema}
     return _call(autogen_context, "revoke_tenant_access", [op.role, op.table], options)
+
+
+def _distribution_options(op: DistributeTenantTableOp | UndistributeTableOp) -> dict[str, Any]:
+    options: dict[str, Any] = {} if op.schema is None else {"schema": op.schema}
+    if op.colocate_with is not None:
+        options["colocate_with"] = op.colocate_with
+    return options
+
+
+def _column(op: DistributeTenantTableOp | UndistributeTableOp) -> list[Any]:
+    return [op.table] if op.column == "tenant_id" else [op.table, op.column]
+
+
+@renderers.dispatch_for(DistributeTenantTableOp)
+def _render_distribute(autogen_context: AutogenContext, op: DistributeTenantTableOp) -> str:
+    return _call(autogen_context, "distribute_tenant_table", _column(op), _distribution_options(op))
+
+
+@renderers.dispatch_for(CreateReferenceTableOp)
+def _render_reference(autogen_context: AutogenContext, op: CreateReferenceTableOp) -> str:
+    options = {} if op.schema is None else {"schema": op.schema}
+    return _call(autogen_context, "create_reference_table", [op.table], options)
+
+
+@renderers.dispatch_for(UndistributeTableOp)
+def _render_undistribute(autogen_context: AutogenContext, op: UndistributeTableOp) -> str:
+    if op.reference:
+        options: dict[str, Any] = {} if op.schema is None else {"schema": op.schema}
+        return _call(autogen_context, "undistribute_table", [op.table], {**options, "reference": True})
+    return _call(autogen_context, "undistribute_table", _column(op), _distribution_options(op))

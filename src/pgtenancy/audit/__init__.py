@@ -62,6 +62,7 @@ def audit(
         schemas=list(schemas),
         tenant_tables=len(snapshot.isolated_tables()),
         dynamic=dynamic,
+        citus=snapshot.citus_tables is not None,
     )
 
 

@@ -31,6 +31,7 @@ from sqlalchemy.types import UserDefinedType
 
 from pgtenancy.audit.findings import Finding, Rule
 from pgtenancy.audit.snapshot import Column, Relation, Snapshot
+from pgtenancy.drivers import set_local_renderer
 
 __all__ = ["PROBE_RULES", "Leak", "Target", "probe_table", "run_probes"]
 
@@ -237,6 +238,9 @@ class _Session:
     conn: Connection
     setting: str
     app_role: str | None  # None: the connection already is the app role
+    set_local: bool = (
+        False  # bind with SET LOCAL, which Citus forwards to its workers (set_config it does not)
+    )
     bound: str | None = None
     leaks: list[Leak] = field(default_factory=list)
 
@@ -249,7 +253,10 @@ class _Session:
             self.conn.exec_driver_sql("SET LOCAL ROLE NONE")
 
     def bind(self, tenant: str) -> None:
-        self.conn.execute(select(func.set_config(self.setting, tenant, True)))
+        if self.set_local:
+            self.conn.exec_driver_sql(set_local_renderer(_DIALECT, self.setting)(tenant))
+        else:
+            self.conn.execute(select(func.set_config(self.setting, tenant, True)))
         self.bound = tenant
 
     def attempt(self, statement: Executable) -> int | None:
@@ -279,7 +286,9 @@ class _Session:
         lines = ["BEGIN;"]
         if self.app_role is not None:
             lines.append("SET LOCAL ROLE " + _preparer.quote(self.app_role) + ";")
-        if self.bound is not None:
+        if self.bound is not None and self.set_local:
+            lines.append(set_local_renderer(_DIALECT, self.setting)(self.bound) + ";")
+        elif self.bound is not None:
             lines.append(
                 _render(select(func.set_config(_value(self.setting), _value(self.bound), True))) + ";"
             )
@@ -302,6 +311,7 @@ def probe_table(
     auditor_bypasses: bool,
     tenants: Sequence[str] = (),
     truncate: bool = False,
+    set_local: bool = False,
 ) -> list[Leak]:
     """Try to cross tenants on ``target`` in one transaction that is rolled back; return what crossed.
 
@@ -309,8 +319,9 @@ def probe_table(
     :param auditor_bypasses: the connection's own role reads every row (superuser or BYPASSRLS), so
         real tenants are picked and probe rows inserted without binding a tenant.
     :param tenants: tenant ids to probe (two real ones, or fresh ones, are picked when empty).
+    :param set_local: bind tenants with ``SET LOCAL`` (Citus: ``set_config`` stays on the coordinator).
     """
-    session = _Session(conn, setting, app_role)
+    session = _Session(conn, setting, app_role, set_local)
     with conn.begin() as transaction:
         try:
             for name, value in _TIMEOUTS.items():
@@ -441,10 +452,10 @@ def _probe_stranger(session: _Session, target: Target, other: str) -> None:
 
 
 def _probe_readable(
-    conn: Connection, *, source: Executable, setting: str, app_role: str | None, tenant: str
+    conn: Connection, *, source: Executable, setting: str, app_role: str | None, tenant: str, set_local: bool
 ) -> Leak | None:
     """Bind a tenant that owns no rows and select from a view or function: any row crossed tenants."""
-    session = _Session(conn, setting, app_role)
+    session = _Session(conn, setting, app_role, set_local)
     with conn.begin() as transaction:
         try:
             for name, value in _TIMEOUTS.items():
@@ -509,6 +520,7 @@ def _table_findings(
                 app_role=app_role,
                 auditor_bypasses=bypasses,
                 truncate="TRUNCATE" in relation.app_privileges,
+                set_local=snapshot.citus_tables is not None,
             )
         for leak in _first_of_each_rule(leaks):
             rule = PROBE_RULES[leak.rule]
@@ -553,7 +565,12 @@ def _readable_findings(engine: Engine, snapshot: Snapshot, app_role: str | None)
             continue
         with engine.connect() as conn:
             leak = _probe_readable(
-                conn, source=source, setting=snapshot.setting, app_role=app_role, tenant=tenant
+                conn,
+                source=source,
+                setting=snapshot.setting,
+                app_role=app_role,
+                tenant=tenant,
+                set_local=snapshot.citus_tables is not None,
             )
         if leak is not None:
             rule = PROBE_RULES["PGT107"]

@@ -6,15 +6,18 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from sqlalchemy import ClauseElement, String, bindparam, text
 from sqlalchemy.dialects import postgresql
 
+from pgtenancy import citus
 from pgtenancy.audit.findings import Finding, Rule, Severity
-from pgtenancy.audit.snapshot import Function, Policy, Relation, Snapshot
+from pgtenancy.audit.snapshot import ForeignKey, Function, Policy, Relation, Snapshot
 
 __all__ = ["RULES", "CatalogRule", "run_rules"]
 
 Check = Callable[[Snapshot], Iterator[Finding]]
-_preparer = postgresql.dialect().identifier_preparer
+_dialect = postgresql.dialect()
+_preparer = _dialect.identifier_preparer
 
 
 @dataclass(frozen=True)
@@ -142,16 +145,18 @@ def _role(name: str) -> str:
 
 
 def _tenant_predicate(snapshot: Snapshot, table: Relation) -> str:
+    """The canonical tenant predicate; with Citus, without the (SELECT ...) wrapper its tables refuse."""
     column = table.column(table.tenant_column or "")
     sql_type = column.type if column else "uuid"
-    return (
-        _preparer.quote(table.tenant_column or "tenant_id")
-        + " = (SELECT NULLIF(current_setting('"
-        + snapshot.setting
-        + "', true), '')::"
-        + sql_type
-        + ")"
-    )
+    value = "NULLIF(current_setting('" + snapshot.setting + "', true), '')::" + sql_type
+    if snapshot.citus_tables is None:
+        value = "(SELECT " + value + ")"
+    return _preparer.quote(table.tenant_column or "tenant_id") + " = " + value
+
+
+def _literal_sql(statement: ClauseElement) -> str:
+    """A statement with its bound values rendered as SQL literals, to show as a fix."""
+    return str(statement.compile(dialect=_dialect, compile_kwargs={"literal_binds": True})) + ";"
 
 
 def _alter_policy(table: Relation, policy: Policy) -> str:
@@ -363,6 +368,8 @@ def _missing_nullif(snapshot: Snapshot) -> Iterator[Finding]:
     fix="tenant_id = (SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)",
 )
 def _unwrapped_setting(snapshot: Snapshot) -> Iterator[Finding]:
+    if snapshot.citus_tables is not None:
+        return  # Citus refuses the wrapper on its tables, and tenant tables belong there (PGT026)
     for table, policy, expression in _policy_expressions(snapshot):
         if _unwrapped(expression, snapshot.setting):
             yield RULES["PGT009"].finding(
@@ -712,3 +719,93 @@ def _missing_tenant_index(snapshot: Snapshot) -> Iterator[Finding]:
                 f"has no index whose first column is {table.tenant_column!r}",
                 fix=f"CREATE INDEX ON {_table(table)} ({column});",
             )
+
+
+# ----------------------------------------------------------------------------- Citus
+
+_COLOCATE = text(
+    "SELECT update_distributed_table_colocation(CAST(:table AS regclass), colocate_with => :parent)"
+)
+_DISTRIBUTE_WITH = text(
+    "SELECT create_distributed_table(CAST(:table AS regclass), :column, colocate_with => :parent)"
+)
+
+
+def _distribution_text(snapshot: Snapshot, table: Relation) -> str:
+    """How Citus holds ``table``, for a message."""
+    held = snapshot.citus_table(table.oid)
+    if held is None:
+        return "is a plain table on the coordinator"
+    if held.kind == "distributed":
+        return f"is distributed by {held.column!r}"
+    return f"is a Citus {held.kind} table"
+
+
+@rule(
+    "PGT026",
+    "warning",
+    "Tenant table not distributed by its tenant column",
+    why="In a Citus database a tenant table left on the coordinator, or distributed by another column, does "
+    "not spread with the tenants: a tenant's rows are not in one shard, and the tables that reference it "
+    "cannot be co-located with it.",
+    fix="SELECT create_distributed_table('t', 'tenant_id');",
+)
+def _not_distributed_by_tenant(snapshot: Snapshot) -> Iterator[Finding]:
+    if snapshot.citus_tables is None:
+        return
+    for table in snapshot.isolated_tables():
+        if not table.rls or table.partition:
+            continue  # a partition is distributed with its parent
+        held = snapshot.citus_table(table.oid)
+        column = table.tenant_column or "tenant_id"
+        if held is not None and held.kind == "distributed" and held.column == column:
+            continue
+        fix = _literal_sql(citus.distributed_table_sql(table.name, column, schema=table.schema))
+        if held is not None:
+            fix = _literal_sql(citus.undistribute_table_sql(table.name, schema=table.schema)) + " " + fix
+        yield RULES["PGT026"].finding(
+            "table " + table.qualified,
+            f"{_distribution_text(snapshot, table)}, not distributed by its tenant column {column!r}",
+            fix=fix,
+        )
+
+
+@rule(
+    "PGT027",
+    "warning",
+    "Foreign key to a distributed table that is not co-located",
+    why="Citus keeps a foreign key, and joins along it, inside one shard only when both tables are "
+    "distributed by the tenant column in one co-location group; otherwise they depend on rows held "
+    "elsewhere, and moving one table's shards without the other's can break the key.",
+    fix="SELECT update_distributed_table_colocation('child', colocate_with => 'parent'); "
+    "(or distribute the child by its tenant column with colocate_with => 'parent')",
+)
+def _foreign_key_not_colocated(snapshot: Snapshot) -> Iterator[Finding]:
+    if snapshot.citus_tables is None:
+        return
+    for table in snapshot.isolated_tables():
+        held = snapshot.citus_table(table.oid)
+        for key in table.foreign_keys:
+            target = snapshot.citus_table(key.references_oid)
+            if target is None or target.kind != "distributed":
+                continue
+            distributed = held is not None and held.kind == "distributed"
+            if held is not None and distributed and held.colocation == target.colocation:
+                continue
+            where = "is in another co-location group" if distributed else _distribution_text(snapshot, table)
+            yield RULES["PGT027"].finding(
+                "table " + table.qualified,
+                f"foreign key {key.name} references distributed table {key.references}, "
+                f"but this table {where}",
+                fix=_colocation_fix(table, key, distributed=distributed),
+            )
+
+
+def _colocation_fix(table: Relation, key: ForeignKey, *, distributed: bool) -> str:
+    """SQL that puts ``table`` in the co-location group of the table ``key`` references."""
+    child = bindparam("table", _table(table), type_=String)
+    parent = bindparam("parent", key.references, type_=String)
+    if distributed:
+        return _literal_sql(_COLOCATE.bindparams(child, parent))
+    column = bindparam("column", table.tenant_column or "tenant_id", type_=String)
+    return _literal_sql(_DISTRIBUTE_WITH.bindparams(child, column, parent))

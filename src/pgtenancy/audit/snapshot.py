@@ -13,6 +13,7 @@ from pgtenancy.config import DEFAULT_SETTING
 from pgtenancy.errors import ConfigurationError
 
 __all__ = [
+    "CitusTable",
     "Column",
     "ForeignKey",
     "Function",
@@ -104,10 +105,22 @@ _FOREIGN_KEYS = text(
            EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                     WHERE a.attrelid = k.confrelid AND a.attname = :column AND NOT a.attisdropped),
            ARRAY(SELECT a.attname::text FROM unnest(k.conkey) c(attnum)
-                   JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = c.attnum)
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = c.attnum),
+           k.confrelid
       FROM pg_catalog.pg_constraint k
      WHERE k.contype = 'f' AND k.conrelid = ANY(:oids)
      ORDER BY k.conrelid, k.conname
+    """
+)
+
+_CITUS = text("SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')")
+
+# Every table Citus holds (not only the audited ones: a foreign key may reference any of them).
+_CITUS_TABLES = text(
+    """
+    SELECT p.logicalrelid::oid, p.partmethod, p.repmodel,
+           pg_catalog.column_to_column_name(p.logicalrelid, p.partkey), p.colocationid
+      FROM pg_catalog.pg_dist_partition p
     """
 )
 
@@ -202,6 +215,16 @@ class ForeignKey:
     references: str
     references_tenant_table: bool
     columns: tuple[str, ...]
+    references_oid: int = 0
+
+
+@dataclass(frozen=True)
+class CitusTable:
+    """How Citus holds a table: hash-``distributed`` by ``column``, ``reference`` or ``local``; its group."""
+
+    kind: str
+    column: str | None
+    colocation: int
 
 
 @dataclass(frozen=True)
@@ -276,9 +299,14 @@ class Snapshot:
     roles: dict[int, Role]
     relations: dict[int, Relation]
     functions: dict[int, Function] = field(default_factory=dict)
+    citus_tables: dict[int, CitusTable] | None = None  # None: the database has no Citus extension
 
     def isolated_tables(self) -> list[Relation]:
         return [r for r in self.relations.values() if r.isolated]
+
+    def citus_table(self, oid: int) -> CitusTable | None:
+        """How Citus holds the table ``oid``, or ``None`` for a plain table (or without Citus)."""
+        return None if self.citus_tables is None else self.citus_tables.get(oid)
 
     def bypasses_rls_of(self, role_oid: int, table: Relation) -> bool:
         """Whether ``table``'s policies skip ``role_oid`` (superuser, BYPASSRLS, unforced table's owner)."""
@@ -359,7 +387,7 @@ def read_snapshot(
     indexes = _grouped(conn.execute(_INDEXES, {"oids": oids}), lambda r: Index(r[1], r[2], tuple(r[3])))
     foreign_keys = _grouped(
         conn.execute(_FOREIGN_KEYS, {**params, "oids": oids}),
-        lambda r: ForeignKey(r[1], r[2], r[3], tuple(r[4])),
+        lambda r: ForeignKey(r[1], r[2], r[3], tuple(r[4]), r[5]),
     )
     depends: dict[int, set[int]] = {}
     for view, referenced in conn.execute(_VIEW_DEPENDENCIES, {"oids": oids}):
@@ -384,7 +412,31 @@ def read_snapshot(
             _FUNCTIONS, {"role": app.oid, "system": _SYSTEM_SCHEMAS, "policy_functions": policy_functions}
         )
     }
-    return Snapshot(app=app, setting=setting, roles=roles, relations=relations, functions=functions)
+    return Snapshot(
+        app=app,
+        setting=setting,
+        roles=roles,
+        relations=relations,
+        functions=functions,
+        citus_tables=_citus_tables(conn),
+    )
+
+
+def _citus_tables(conn: Connection) -> dict[int, CitusTable] | None:
+    """Every table in ``pg_dist_partition`` by oid, or ``None`` when the Citus extension is absent."""
+    if not conn.execute(_CITUS).scalar_one():
+        return None
+    return {
+        oid: CitusTable(_citus_kind(method, replication), column, group)
+        for oid, method, replication, column, group in conn.execute(_CITUS_TABLES)
+    }
+
+
+def _citus_kind(method: str, replication: str) -> str:
+    """``distributed`` (hash), ``reference`` (replicated to every node) or ``local`` (the coordinator's)."""
+    if method == "h":
+        return "distributed"
+    return "reference" if replication == "t" else "local"
 
 
 def _grouped(rows: Iterable[Row[Any]], make: Callable[[Row[Any]], T]) -> dict[int, list[T]]:
