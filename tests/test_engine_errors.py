@@ -195,7 +195,11 @@ def test_instrument_rejects_bad_configuration(pgtenancy_engine_factory, pgtenanc
 
 def test_superuser_is_refused(seeded, pgtenancy_engine_factory):
     engine = pgtenancy_engine_factory("psycopg", role="admin")
-    with tenant_context(A), engine.connect() as conn, pytest.raises(UnsafeRoleError, match="superuser"):
+    with (
+        pytest.raises(UnsafeRoleError, match="superuser"),
+        tenant_context(A),
+        engine.connect() as conn,
+    ):  # refused when connecting or at BEGIN
         conn.execute(text("SELECT count(*) FROM notes"))
 
 
@@ -205,7 +209,11 @@ def test_owner_of_an_unforced_table_is_refused(seeded, pgtenancy_owner_engine, p
         conn.exec_driver_sql("ALTER TABLE unforced ENABLE ROW LEVEL SECURITY")
     try:
         engine = pgtenancy_engine_factory("psycopg", role="owner")
-        with tenant_context(A), engine.connect() as conn, pytest.raises(UnsafeRoleError, match="unforced"):
+        with (
+            pytest.raises(UnsafeRoleError, match="unforced"),
+            tenant_context(A),
+            engine.connect() as conn,
+        ):  # refused when connecting or at BEGIN
             conn.execute(text("SELECT 1"))
     finally:
         with pgtenancy_owner_engine.begin() as conn:
@@ -232,7 +240,11 @@ def test_bypassrls_roles_and_their_members_are_refused(seeded, pgtenancy_server,
         create_engine(pgtenancy_server.url(database=seeded.name, username=name, password="pw"))
     )
     try:
-        with tenant_context(A), engine.connect() as conn, pytest.raises(UnsafeRoleError, match="BYPASSRLS"):
+        with (
+            pytest.raises(UnsafeRoleError, match="BYPASSRLS"),
+            tenant_context(A),
+            engine.connect() as conn,
+        ):  # refused when connecting or at BEGIN
             conn.execute(text("SELECT count(*) FROM notes"))
     finally:
         engine.dispose()

@@ -3,6 +3,11 @@
 asyncpg: connections are made from a ``Connection`` subclass (asyncpg's documented
 ``connection_class``) whose ``execute`` appends a pending ``SET LOCAL`` to the ``BEGIN`` that
 SQLAlchemy's adapter sends before the transaction's first statement, as one simple-query message.
+
+psycopg 3 (sync and async): connections are made from a subclass that sends its ``BEGIN`` and the
+pending ``SET LOCAL`` as one simple-query message. psycopg has no public hook for its BEGIN, so this
+overrides its ``_start_query``; where that method is missing (another psycopg), pgtenancy falls
+back to a separate statement rather than guess.
 """
 
 from __future__ import annotations
@@ -20,18 +25,48 @@ _SUFFIX = "_pgtenancy_begin_suffix"
 _subclasses: dict[type, type] = {}
 
 
+_PSYCOPG_HOOKS = ("_start_query", "_get_tx_start_command", "_exec_command")
+
+
 def supports_begin(dialect: Dialect) -> bool:
     """Whether pgtenancy can send the tenant with BEGIN on this dialect's driver."""
-    return dialect.driver == "asyncpg"
+    if dialect.driver == "asyncpg":
+        return True
+    if dialect.driver == "psycopg":
+        import psycopg
+
+        return all(hasattr(psycopg.Connection, name) for name in _PSYCOPG_HOOKS)
+    return False
 
 
-def prepare_connect(dialect: Dialect, connect_params: dict[str, Any]) -> None:
-    """``do_connect`` hook: make asyncpg build connections that can carry a pending suffix."""
+def prepare_connect(dialect: Dialect, cargs: Any, connect_params: dict[str, Any]) -> Any:
+    """``do_connect`` hook: make driver connections that can carry a pending suffix.
+
+    Returns the connection when it has to make it itself (sync psycopg has no class parameter).
+    """
     if dialect.driver == "asyncpg":
         import asyncpg
 
         base = connect_params.get("connection_class", asyncpg.Connection)
         connect_params["connection_class"] = _begin_aware(base)
+    elif dialect.driver == "psycopg":
+        import psycopg
+
+        if dialect.is_async:
+            if "async_creator_fn" not in connect_params:  # a creator of the user's own is left alone
+                connect_params["async_creator_fn"] = _psycopg_begin_aware(psycopg.AsyncConnection).connect
+        else:
+            return _psycopg_begin_aware(psycopg.Connection).connect(*cargs, **connect_params)
+    return None
+
+
+def in_transaction_probe(dialect: Dialect) -> Callable[[Any], bool]:
+    """A function telling whether a driver connection of ``dialect`` is inside a transaction."""
+    if dialect.driver == "asyncpg":
+        return lambda raw: raw.is_in_transaction()
+    from psycopg.pq import TransactionStatus
+
+    return lambda raw: raw.info.transaction_status != TransactionStatus.IDLE
 
 
 def set_local_renderer(dialect: Dialect, setting: str) -> Callable[[str], str]:
@@ -90,4 +125,39 @@ def _begin_aware(base: type) -> type:
                 return await super().execute(query, *args, timeout=timeout)
 
         subclass = _subclasses[base] = BeginAwareConnection
+    return subclass
+
+
+def _psycopg_begin_aware(base: type) -> type:
+    """A subclass of psycopg's (Async)Connection ``base`` sending a pending suffix with its BEGIN."""
+    subclass = _subclasses.get(base)
+    if subclass is not None:
+        return subclass
+    from psycopg import errors, generators, pq
+
+    class BeginAwarePsycopg(base):  # type: ignore[misc, valid-type]
+        _pgtenancy_begin_suffix: tuple[Queue, str] | None = None
+
+        def _start_query(self) -> Any:
+            queued = self._pgtenancy_begin_suffix
+            if (
+                queued is None
+                or self.autocommit
+                or self.pgconn.transaction_status != pq.TransactionStatus.IDLE
+            ):
+                return (yield from super()._start_query())
+            self._pgtenancy_begin_suffix = None
+            if not queued[0].open:
+                return (yield from super()._start_query())
+            if getattr(self, "_pipeline", None):  # pipeline mode: BEGIN, then the suffix, queued together
+                yield from super()._start_query()
+                yield from self._exec_command(queued[1].encode())
+                return None
+            self.pgconn.send_query(self._get_tx_start_command() + b"; " + queued[1].encode())
+            for result in (yield from generators.execute(self.pgconn)):
+                if result.status == pq.ExecStatus.FATAL_ERROR:
+                    raise errors.error_from_result(result, encoding=self.info.encoding)
+            return None
+
+    subclass = _subclasses[base] = BeginAwarePsycopg
     return subclass

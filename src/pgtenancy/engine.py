@@ -13,7 +13,7 @@ from sqlalchemy.orm import sessionmaker
 
 from pgtenancy.config import DEFAULT_SETTING, validate_key_type, validate_setting_name, validate_tenant_id
 from pgtenancy.context import NO_TENANT, current_binding
-from pgtenancy.drivers import Queue, prepare_connect, set_local_renderer, supports_begin
+from pgtenancy.drivers import Queue, in_transaction_probe, prepare_connect, set_local_renderer, supports_begin
 from pgtenancy.errors import (
     AutocommitError,
     ConfigurationError,
@@ -231,7 +231,7 @@ class _EventLevel(_Listeners):
 
 
 class _DriverLevel(_Listeners):
-    """asyncpg, ``mode="begin"``: dialect and pool events only, so engines keep their fast path.
+    """asyncpg and psycopg, ``mode="begin"``: dialect and pool events only, so engines keep their fast path.
 
     Before each statement the driver connection's own transaction status tells whether the
     statement will begin a transaction: then the tenant is checked and queued as ``SET LOCAL`` to
@@ -241,6 +241,7 @@ class _DriverLevel(_Listeners):
     def __init__(self, config: TenancyConfig, dialect: Dialect) -> None:
         super().__init__(config, dialect)
         self._queue = Queue()
+        self._in_transaction = in_transaction_probe(dialect)
         self._listeners = (
             ("do_connect", self._on_do_connect),
             ("connect", self._on_connect),
@@ -253,9 +254,9 @@ class _DriverLevel(_Listeners):
         self._queue.open = False
         super().remove(engine)
 
-    def _on_do_connect(self, dialect: Dialect, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+    def _on_do_connect(self, dialect: Dialect, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
         """New driver connections are made able to carry the tenant with their BEGIN."""
-        prepare_connect(dialect, cparams)
+        return prepare_connect(dialect, cargs, cparams)
 
     def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
         """Check the role once per new connection; refuse (and close) one that bypasses RLS."""
@@ -274,7 +275,7 @@ class _DriverLevel(_Listeners):
         fairy = conn.connection
         raw = fairy.driver_connection
         binding = current_binding()
-        in_transaction = raw.is_in_transaction()
+        in_transaction = self._in_transaction(raw)
         if in_transaction:
             applied = fairy.info.get(_APPLIED)
             if applied is not None:

@@ -54,12 +54,9 @@ async def _visible(engine, tenant):
     return count, tenants, setting
 
 
-@pytest.mark.parametrize(("driver", "mode"), [("asyncpg", "set_config"), ("psycopg", "begin")])
+@pytest.mark.parametrize(("driver", "mode"), [("asyncpg", "set_config"), ("psycopg", "set_config")])
 async def test_set_config_never_reaches_the_workers_so_reads_fail_closed(citus_app, driver, mode):
-    """The coordinator holds the tenant, the shards' policies never see it: no rows, not even its own.
-
-    ``mode="begin"`` on psycopg applies the tenant with ``set_config()`` too.
-    """
+    """The coordinator holds the tenant, the shards' policies never see it: no rows, not even its own."""
     count, tenants, on_coordinator = await _visible(citus_app.engine(driver, mode=mode), A)
     assert on_coordinator == str(A)
     assert ROWS_PER_TENANT[A] == 1000
@@ -67,10 +64,11 @@ async def test_set_config_never_reaches_the_workers_so_reads_fail_closed(citus_a
 
 
 @pytest.mark.parametrize(
-    ("driver", "mode"), [("asyncpg", "set_local"), ("psycopg", "set_local"), ("asyncpg", "begin")]
+    ("driver", "mode"),
+    [("asyncpg", "set_local"), ("psycopg", "set_local"), ("asyncpg", "begin"), ("psycopg", "begin")],
 )
 async def test_set_local_returns_exactly_the_bound_tenants_rows(citus_app, driver, mode):
-    """``SET LOCAL`` reaches the workers, alone or sent after BEGIN (asyncpg's ``mode="begin"``)."""
+    """``SET LOCAL`` reaches the workers, alone or sent in the BEGIN message (``mode="begin"``)."""
     for tenant in TENANTS:
         count, tenants, _ = await _visible(citus_app.engine(driver, mode=mode), tenant)
         assert count == ROWS_PER_TENANT[tenant]
