@@ -6,7 +6,7 @@ import asyncio
 import uuid
 
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import event, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import sessionmaker
@@ -237,4 +237,21 @@ async def test_bulk_inserts_savepoints_and_plain_sql_carry_the_tenant(
         await conn.exec_driver_sql("DELETE FROM notes WHERE starts_with(body, 'bulk')")
     assert len(rows) == 61 and {row.tenant_id for row in rows} == {B}
     assert all(row.body.endswith("!") for row in rows)
+    await engine.dispose()
+
+
+@pytest.mark.parametrize("driver", ASYNC_DRIVERS)
+async def test_sql_run_by_a_users_begin_listener_does_not_lose_the_tenant(
+    seeded, pgtenancy_engine_factory, driver
+):
+    """A begin listener's own statement opens the transaction; the tenant is still applied after it."""
+    engine = pgtenancy_engine_factory(driver)
+    event.listen(
+        engine.sync_engine, "begin", lambda conn: conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+    )
+    for tenant in (A, B, A):
+        async with tenant_context(tenant), engine.connect() as conn:
+            rows = set((await conn.execute(text("SELECT tenant_id FROM notes"))).scalars())
+            timeout = (await conn.execute(text("SHOW lock_timeout"))).scalar_one()
+        assert rows == {tenant} and timeout == "5s"
     await engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
 from dataclasses import dataclass
@@ -270,9 +271,13 @@ class _DriverLevel(_Listeners):
     def _on_execute(self, cursor: Any, statement: str, *args: Any) -> None:
         """Before each statement: check it against its transaction's tenant, or queue the tenant."""
         conn = args[-1].root_connection  # args end with the execution context
-        if not conn.in_transaction():
-            return  # SQLAlchemy's own set-up queries on a new connection (dialect.initialize)
         fairy = conn.connection
+        if not conn.in_transaction():
+            # outside SQLAlchemy's transactions: a new connection's set-up, or SQL from a begin listener.
+            # Whatever transaction it starts was not begun by pgtenancy: the next statement applies anew.
+            with contextlib.suppress(NotImplementedError):  # the set-up's ad hoc proxy has no info
+                fairy.info.pop(_APPLIED, None)
+            return
         raw = fairy.driver_connection
         binding = current_binding()
         in_transaction = self._in_transaction(raw)
