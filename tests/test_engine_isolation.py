@@ -255,3 +255,17 @@ async def test_sql_run_by_a_users_begin_listener_does_not_lose_the_tenant(
             timeout = (await conn.execute(text("SHOW lock_timeout"))).scalar_one()
         assert rows == {tenant} and timeout == "5s"
     await engine.dispose()
+
+
+def test_a_transaction_opened_behind_sqlalchemys_back_still_gets_the_tenant(seeded, pgtenancy_engine_factory):
+    """A pool checkout hook that runs raw SQL leaves the driver in a transaction pgtenancy did not open."""
+    engine = pgtenancy_engine_factory("psycopg", engine_options={"pool_size": 1})
+
+    def on_checkout(dbapi_connection, record, proxy):
+        dbapi_connection.cursor().execute("SELECT 1")  # psycopg opens a transaction for it
+
+    event.listen(engine, "checkout", on_checkout)
+    for tenant in (A, B, A, A):
+        with tenant_context(tenant), engine.connect() as conn:
+            rows = set(conn.execute(text("SELECT tenant_id FROM notes")).scalars())
+        assert rows == {tenant}

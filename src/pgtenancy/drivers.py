@@ -13,15 +13,25 @@ back to a separate statement rather than guess.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Dialect, String
 
 from pgtenancy.errors import ConfigurationError
 
-__all__ = ["Queue", "prepare_connect", "set_local_renderer", "supports_begin"]
+__all__ = [
+    "NOT_TRACKED",
+    "Queue",
+    "applied_on",
+    "in_transaction_probe",
+    "mark_applied",
+    "prepare_connect",
+    "set_local_renderer",
+    "supports_begin",
+]
 
 _SUFFIX = "_pgtenancy_begin_suffix"
+_APPLIED = "_pgtenancy_applied"
 _subclasses: dict[type, type] = {}
 
 
@@ -95,15 +105,40 @@ class Queue:
     def __init__(self) -> None:
         self.open = True
 
-    def put(self, raw: Any, suffix: str) -> bool:
-        """Attach ``suffix`` to the next BEGIN on driver connection ``raw``.
+    def put(self, raw: Any, suffix: str, record: object) -> bool:
+        """Attach ``suffix`` to the next BEGIN on driver connection ``raw``; that BEGIN marks ``record``.
 
         Returns False when the driver connection cannot carry it (made before ``instrument()``).
         """
         if not hasattr(type(raw), _SUFFIX):
             return False
-        setattr(raw, _SUFFIX, (self, suffix))
+        setattr(raw, _SUFFIX, (self, suffix, record))
         return True
+
+
+NOT_TRACKED: Final = object()
+
+
+def applied_on(raw: Any) -> Any:
+    """What pgtenancy applied to the transaction the driver connection last began.
+
+    A record, ``None`` when that BEGIN carried nothing of pgtenancy's (someone else opened the
+    transaction), or ``NOT_TRACKED`` for driver connections made before ``instrument()``.
+    """
+    return getattr(raw, _APPLIED, NOT_TRACKED)
+
+
+def mark_applied(raw: Any, record: object) -> None:
+    """Record that ``record`` was applied inside the driver connection's current transaction."""
+    if hasattr(type(raw), _APPLIED):
+        setattr(raw, _APPLIED, record)
+
+
+def _taken(queued: tuple[Queue, str, object] | None) -> tuple[str | None, object]:
+    """The suffix a BEGIN sends and the record it marks, for what was queued (if anything)."""
+    if queued is None or not queued[0].open:
+        return None, None
+    return queued[1], queued[2]
 
 
 def _begin_aware(base: type) -> type:
@@ -114,15 +149,19 @@ def _begin_aware(base: type) -> type:
     if subclass is None:
 
         class BeginAwareConnection(base):  # type: ignore[misc, valid-type]
-            _pgtenancy_begin_suffix: tuple[Queue, str] | None = None
+            _pgtenancy_begin_suffix: tuple[Queue, str, object] | None = None
+            _pgtenancy_applied: object = None
 
             async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
-                queued = self._pgtenancy_begin_suffix
-                if queued is not None and not args and query.startswith("BEGIN"):
-                    self._pgtenancy_begin_suffix = None
-                    if queued[0].open:
-                        query = query + " " + queued[1]
-                return await super().execute(query, *args, timeout=timeout)
+                if args or not query.startswith("BEGIN"):
+                    return await super().execute(query, *args, timeout=timeout)
+                suffix, record = _taken(self._pgtenancy_begin_suffix)
+                self._pgtenancy_begin_suffix = None
+                status = await super().execute(
+                    query if suffix is None else query + " " + suffix, timeout=timeout
+                )
+                self._pgtenancy_applied = record
+                return status
 
         subclass = _subclasses[base] = BeginAwareConnection
     return subclass
@@ -136,27 +175,25 @@ def _psycopg_begin_aware(base: type) -> type:
     from psycopg import errors, generators, pq
 
     class BeginAwarePsycopg(base):  # type: ignore[misc, valid-type]
-        _pgtenancy_begin_suffix: tuple[Queue, str] | None = None
+        _pgtenancy_begin_suffix: tuple[Queue, str, object] | None = None
+        _pgtenancy_applied: object = None
 
         def _start_query(self) -> Any:
-            queued = self._pgtenancy_begin_suffix
-            if (
-                queued is None
-                or self.autocommit
-                or self.pgconn.transaction_status != pq.TransactionStatus.IDLE
-            ):
-                return (yield from super()._start_query())
+            if self.autocommit or self.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                return (yield from super()._start_query())  # no BEGIN will be sent
+            suffix, record = _taken(self._pgtenancy_begin_suffix)
             self._pgtenancy_begin_suffix = None
-            if not queued[0].open:
-                return (yield from super()._start_query())
-            if getattr(self, "_pipeline", None):  # pipeline mode: BEGIN, then the suffix, queued together
+            if suffix is None:
                 yield from super()._start_query()
-                yield from self._exec_command(queued[1].encode())
-                return None
-            self.pgconn.send_query(self._get_tx_start_command() + b"; " + queued[1].encode())
-            for result in (yield from generators.execute(self.pgconn)):
-                if result.status == pq.ExecStatus.FATAL_ERROR:
-                    raise errors.error_from_result(result, encoding=self.info.encoding)
+            elif getattr(self, "_pipeline", None):  # pipeline mode: BEGIN, then the suffix, queued together
+                yield from super()._start_query()
+                yield from self._exec_command(suffix.encode())
+            else:
+                self.pgconn.send_query(self._get_tx_start_command() + b"; " + suffix.encode())
+                for result in (yield from generators.execute(self.pgconn)):
+                    if result.status == pq.ExecStatus.FATAL_ERROR:
+                        raise errors.error_from_result(result, encoding=self.info.encoding)
+            self._pgtenancy_applied = record
             return None
 
     subclass = _subclasses[base] = BeginAwarePsycopg

@@ -14,7 +14,16 @@ from sqlalchemy.orm import sessionmaker
 
 from pgtenancy.config import DEFAULT_SETTING, validate_key_type, validate_setting_name, validate_tenant_id
 from pgtenancy.context import NO_TENANT, current_binding
-from pgtenancy.drivers import Queue, in_transaction_probe, prepare_connect, set_local_renderer, supports_begin
+from pgtenancy.drivers import (
+    NOT_TRACKED,
+    Queue,
+    applied_on,
+    in_transaction_probe,
+    mark_applied,
+    prepare_connect,
+    set_local_renderer,
+    supports_begin,
+)
 from pgtenancy.errors import (
     AutocommitError,
     ConfigurationError,
@@ -282,13 +291,17 @@ class _DriverLevel(_Listeners):
         binding = current_binding()
         in_transaction = self._in_transaction(raw)
         if in_transaction:
-            applied = fairy.info.get(_APPLIED)
+            applied = applied_on(raw)  # set by the BEGIN that opened this transaction
+            if applied is NOT_TRACKED:
+                applied = fairy.info.get(_APPLIED)
             if applied is not None:
                 self._check_switch(applied, binding)
                 return
         value = self._resolve(binding)
         _check_autocommit(fairy.dbapi_connection)
         sql = self._for_binding(binding)[1]
-        if in_transaction or not self._queue.put(raw, sql):
-            cursor.execute(sql)  # no BEGIN to ride on: a transaction begun elsewhere, or an older connection
-        fairy.info[_APPLIED] = (binding, value)
+        record = (binding, value)
+        if in_transaction or not self._queue.put(raw, sql, record):
+            cursor.execute(sql)  # no BEGIN to ride on: a transaction opened elsewhere, or an older connection
+            mark_applied(raw, record)
+        fairy.info[_APPLIED] = record
