@@ -152,9 +152,12 @@ def _begin_aware(base: type) -> type:
             _pgtenancy_begin_suffix: tuple[Queue, str, object] | None = None
             _pgtenancy_applied: object = None
 
-            async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
-                if args or not query.startswith("BEGIN"):
-                    return await super().execute(query, *args, timeout=timeout)
+            def execute(self, query: str, *args: Any, timeout: float | None = None) -> Any:
+                if args or not query.startswith("BEGIN"):  # COMMIT & co.: asyncpg's coroutine, no extra frame
+                    return super().execute(query, *args, timeout=timeout)
+                return self._pgtenancy_begin(query, timeout)
+
+            async def _pgtenancy_begin(self, query: str, timeout: float | None) -> str:
                 suffix, record = _taken(self._pgtenancy_begin_suffix)
                 self._pgtenancy_begin_suffix = None
                 status = await super().execute(
