@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from sqlalchemy import URL, Engine, create_engine
+from sqlalchemy import URL, Connection, Engine, create_engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from pgtenancy import instrument
@@ -85,3 +85,22 @@ def citus_app(citus_database: CitusCluster, pgtenancy_citus_roles: TestRoles) ->
     app = CitusApp(citus_database, pgtenancy_citus_roles)
     yield app
     app.close()
+
+
+@pytest.fixture
+def owner(request: pytest.FixtureRequest, citus_app: CitusApp) -> Iterator[Connection]:
+    """An autocommit owner connection in a fresh schema, the module's ``SCHEMA``, the app role may use."""
+    schema = request.module.SCHEMA
+    admin = citus_app.admin().execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema} AUTHORIZATION {citus_app.roles.owner}")
+        conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA {schema} TO {citus_app.roles.app}")
+    engine = create_engine(citus_app.url("owner"), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"SET search_path = {schema}, public")
+            yield conn
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")

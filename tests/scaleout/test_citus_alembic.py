@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy
@@ -15,7 +14,6 @@ from alembic.operations.ops import MigrationScript
 from sqlalchemy import (
     BigInteger,
     Connection,
-    Engine,
     ForeignKeyConstraint,
     MetaData,
     Text,
@@ -40,24 +38,6 @@ from tests.scaleout.schema import SHARD_COUNT
 SCHEMA = "alembic_citus"
 A, B = uuid.UUID(int=0xA1), uuid.UUID(int=0xB2)
 UNWRAPPED = "(tenant_id = (NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text))::uuid)"
-
-
-@pytest.fixture
-def owner(citus_app) -> Iterator[Connection]:
-    """An autocommit owner connection in a fresh schema the app role may use; dropped afterwards."""
-    admin = citus_app.admin().execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {SCHEMA} AUTHORIZATION {citus_app.roles.owner}")
-        conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA {SCHEMA} TO {citus_app.roles.app}")
-    engine: Engine = create_engine(citus_app.url("owner"), isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql(f"SET search_path = {SCHEMA}, public")
-            yield conn
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {SCHEMA} CASCADE")
 
 
 def operations(conn: Connection) -> Operations:

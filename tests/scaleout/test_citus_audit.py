@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, text
 
 import pgtenancy.alembic  # noqa: F401 - registers the operations on ``op``
 from pgtenancy.audit import audit
 
 SCHEMA = "audit_citus"
 P = "tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid"
-
-
-@pytest.fixture
-def owner(citus_app) -> Iterator[Connection]:
-    """An autocommit owner connection in a fresh schema the app role may use; dropped afterwards."""
-    admin = citus_app.admin().execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {SCHEMA} AUTHORIZATION {citus_app.roles.owner}")
-        conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA {SCHEMA} TO {citus_app.roles.app}")
-    engine: Engine = create_engine(citus_app.url("owner"), isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql(f"SET search_path = {SCHEMA}, public")
-            yield conn
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {SCHEMA} CASCADE")
 
 
 def tenant_table(
