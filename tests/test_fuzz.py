@@ -4,32 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 from collections import Counter
 
-import asyncpg
-import psycopg
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
-from pgtenancy import TenancyError, tenant_context
+from pgtenancy import tenant_context
 from tests.conftest import TENANTS
+from tests.fuzzing import fuzz, take_fuzz_rows
 
 TASKS = 1200
 CONCURRENCY = 40
 SEED = 20261123
-EXPECTED_FAILURES = (  # what killed backends and cancellations may raise, wrapped by SQLAlchemy or not
-    DBAPIError,
-    InterfaceError,
-    OperationalError,
-    ConnectionError,
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresError,
-    psycopg.Error,
-)
 
 
 async def _killer(admin_url, app_role, stop: asyncio.Event, kills: Counter):
@@ -62,83 +49,25 @@ async def _killer(admin_url, app_role, stop: asyncio.Event, kills: Counter):
 @pytest.mark.parametrize("driver", ["asyncpg", "psycopg_async"])
 async def test_concurrency_fuzz_never_crosses_tenants(seeded, pgtenancy_engine_factory, driver):
     engine = pgtenancy_engine_factory(driver, engine_options={"pool_size": 4, "max_overflow": 0})
-    rng = random.Random(SEED)
-    outcomes: Counter = Counter()
-    foreign_rows: list[tuple] = []
-    committed: list[tuple[uuid.UUID, str]] = []
-    limit = asyncio.Semaphore(CONCURRENCY)
-
-    async def read(tenant):
-        async with engine.connect() as conn:
-            rows = (await conn.execute(text("SELECT tenant_id FROM notes"))).scalars().all()
-        foreign_rows.extend((tenant, row) for row in rows if row != tenant)
-        outcomes["read"] += 1
-
-    async def write(tenant):
-        marker = f"fuzz-{uuid.uuid4()}"
-        async with engine.begin() as conn:
-            await conn.execute(text("INSERT INTO notes (body) VALUES (:b)"), {"b": marker})
-        committed.append((tenant, marker))
-        outcomes["write"] += 1
-
-    async def fail(tenant):
-        async with engine.connect() as conn:
-            try:
-                await conn.execute(text("SELECT 1/0 FROM notes"))
-            except DBAPIError:
-                outcomes["statement_error"] += 1
-            await conn.rollback()
-            rows = (await conn.execute(text("SELECT tenant_id FROM notes"))).scalars().all()
-            foreign_rows.extend((tenant, row) for row in rows if row != tenant)
-
-    async def cancelled(tenant):
-        async def slow():
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT pg_sleep(0.05), tenant_id FROM notes"))
-
-        task = asyncio.create_task(slow())
-        await asyncio.sleep(rng.uniform(0.001, 0.02))
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            outcomes["cancelled"] += 1
-
-    operations = [read, read, read, write, fail, cancelled]
-
-    async def one(n):
-        tenant = TENANTS[n % len(TENANTS)]
-        operation = rng.choice(operations)
-        async with limit, tenant_context(tenant):
-            try:
-                await operation(tenant)
-            except TenancyError:
-                raise
-            except EXPECTED_FAILURES:
-                outcomes["connection_error"] += 1
-
     stop, kills = asyncio.Event(), Counter()
     killer = asyncio.create_task(
         _killer(seeded.url("admin", drivername="postgresql+asyncpg"), seeded.roles.app, stop, kills)
     )
-    await asyncio.gather(*(one(n) for n in range(TASKS)))
+    run = await fuzz(engine, TENANTS, tasks=TASKS, seed=SEED, concurrency=CONCURRENCY)
     stop.set()
     await killer
     await engine.dispose()
 
-    assert foreign_rows == []
-    assert outcomes["read"] > TASKS // 4 and outcomes["write"] > TASKS // 10
-    assert outcomes["statement_error"] > 0 and outcomes["cancelled"] > 0 and kills["terminated"] > 0
-
+    assert run.foreign == []
+    assert run.outcomes["read"] > TASKS // 4 and run.outcomes["write"] > TASKS // 10
+    assert run.outcomes["statement_error"] > 0 and run.outcomes["cancelled"] > 0 and kills["terminated"] > 0
     admin = create_engine(seeded.url("admin"))
-    with admin.connect() as conn:
-        stored = dict(conn.execute(text("SELECT body, tenant_id FROM notes WHERE body LIKE 'fuzz-%'")).all())
-        conn.execute(text("DELETE FROM notes WHERE body LIKE 'fuzz-%'"))
-        conn.commit()
+    with admin.begin() as conn:
+        stored = take_fuzz_rows(conn)
     admin.dispose()
-    for tenant, marker in committed:
+    for tenant, marker in run.committed:
         assert stored.get(marker) == tenant
-    print(dict(outcomes), dict(kills), f"committed={len(committed)}")
+    print(dict(run.outcomes), dict(kills), f"committed={len(run.committed)}")
 
 
 @pytest.mark.slow

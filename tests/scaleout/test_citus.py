@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import random
 import re
-import uuid
-from collections import Counter
 
 import psycopg
 import pytest
 from sqlalchemy import create_engine, select, text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
-from pgtenancy import NoTenantError, TenancyError, ddl, tenant_context, without_tenant
+from pgtenancy import NoTenantError, ddl, tenant_context, without_tenant
 from pgtenancy.citus import create_distributed_table
+from tests.fuzzing import fuzz, take_fuzz_rows
 from tests.scaleout.schema import ROWS_PER_TENANT, SHARD_COUNT, TENANTS, UNWRAPPED, WRAPPED, Note
 
 A, B = TENANTS[0], TENANTS[1]
@@ -238,71 +235,15 @@ async def test_cross_tenant_updates_and_deletes_touch_nothing(citus_app):
 async def test_concurrency_fuzz_never_crosses_tenants(citus_app, mode):
     """300 tasks for 5 tenants on a pool of 4: reads, writes, failing statements, cancellations."""
     engine = citus_app.engine("asyncpg", mode=mode)
-    rng = random.Random(SEED)
-    outcomes: Counter[str] = Counter()
-    foreign: list[tuple[uuid.UUID, uuid.UUID]] = []
-    committed: list[tuple[uuid.UUID, str]] = []
-    limit = asyncio.Semaphore(20)
-
-    async def read(tenant):
-        async with engine.connect() as conn:
-            rows = (await conn.execute(text("SELECT DISTINCT tenant_id FROM notes"))).scalars().all()
-        foreign.extend((tenant, row) for row in rows if row != tenant)
-        outcomes["read"] += bool(rows)
-
-    async def write(tenant):
-        marker = f"fuzz-{uuid.uuid4()}"
-        async with engine.begin() as conn:
-            await conn.execute(text("INSERT INTO notes (body) VALUES (:b)"), {"b": marker})
-        committed.append((tenant, marker))
-        outcomes["write"] += 1
-
-    async def fail(tenant):
-        async with engine.connect() as conn:
-            with pytest.raises(DBAPIError):
-                await conn.execute(text("SELECT 1 / (count(*) - count(*)) FROM notes"))
-            await conn.rollback()
-            rows = (await conn.execute(text("SELECT DISTINCT tenant_id FROM notes"))).scalars().all()
-        foreign.extend((tenant, row) for row in rows if row != tenant)
-        outcomes["statement_error"] += 1
-
-    async def cancelled(tenant):
-        async def slow():
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT pg_sleep(0.05), count(*) FROM notes"))
-
-        task = asyncio.create_task(slow())
-        await asyncio.sleep(rng.uniform(0.001, 0.02))
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            outcomes["cancelled"] += 1
-
-    operations = [read, read, read, write, fail, cancelled]
-
-    async def one(n):
-        tenant = TENANTS[n % len(TENANTS)]
-        operation = rng.choice(operations)
-        async with limit, tenant_context(tenant):
-            try:
-                await operation(tenant)
-            except TenancyError:
-                raise
-            except (InterfaceError, OperationalError, ConnectionError, OSError):
-                outcomes["connection_error"] += 1
-
-    await asyncio.gather(*(one(n) for n in range(300)))
+    run = await fuzz(engine, TENANTS, tasks=300, seed=SEED, concurrency=20)
     await engine.dispose()
 
-    assert foreign == []
-    assert outcomes["read"] > 50 and outcomes["write"] > 20 and outcomes["statement_error"] > 20
-    admin = citus_app.admin()
-    with admin.begin() as conn:
-        stored = dict(conn.execute(text("SELECT body, tenant_id FROM notes WHERE body LIKE 'fuzz-%'")).all())
-        conn.execute(text("DELETE FROM notes WHERE body LIKE 'fuzz-%'"))
-    assert stored == {marker: tenant for tenant, marker in committed}
-    print(dict(outcomes))
+    assert run.foreign == []
+    assert run.outcomes["read"] > 50 and run.outcomes["write"] > 20 and run.outcomes["statement_error"] > 20
+    with citus_app.admin().begin() as conn:
+        stored = take_fuzz_rows(conn)
+    assert stored == {marker: tenant for tenant, marker in run.committed}
+    print(dict(run.outcomes))
 
 
 @pytest.mark.parametrize("citus", [True, False])
