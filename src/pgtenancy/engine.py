@@ -159,14 +159,14 @@ class _Listeners:
             if event.contains(engine, name, listener):
                 event.remove(engine, name, listener)
 
-    def _resolve(self, binding: object) -> str:
-        """The value to apply for ``binding``: ``''`` for no tenant, else the validated id."""
+    def _resolve(self, binding: object) -> tuple[str, str]:
+        """The value for ``binding`` (``''`` for no tenant, else the validated id) and its SET LOCAL."""
         if binding is None and self.config.on_missing == "raise":
             raise NoTenantError(
                 "no tenant is bound: wrap the work in tenant_context(tenant_id), "
                 "or in without_tenant() for work on behalf of no tenant"
             )
-        return self._for_binding(binding)[0]
+        return self._for_binding(binding)
 
     def _value_and_sql(self, binding: object) -> tuple[str, str]:
         value = (
@@ -218,13 +218,13 @@ class _EventLevel(_Listeners):
         info = conn.info
         info.pop(_APPLIED, None)
         binding = current_binding()
-        value = self._resolve(binding)
+        value, set_local = self._resolve(binding)
         _check_autocommit(conn.connection.dbapi_connection)
         if self.config.verify_role and not info.get(_VERIFIED):
             _verify_role(conn)
             info[_VERIFIED] = True
         if self.config.mode == "set_local":
-            conn.exec_driver_sql(self._set_local(value))
+            conn.exec_driver_sql(set_local)
         else:
             conn.execute(_SET_CONFIG, {"setting": self.config.setting, "value": value})
         info[_APPLIED] = (binding, value)
@@ -297,9 +297,8 @@ class _DriverLevel(_Listeners):
             if applied is not None:
                 self._check_switch(applied, binding)
                 return
-        value = self._resolve(binding)
+        value, sql = self._resolve(binding)
         _check_autocommit(fairy.dbapi_connection)
-        sql = self._for_binding(binding)[1]
         record = (binding, value)
         if in_transaction or not self._queue.put(raw, sql, record):
             cursor.execute(sql)  # no BEGIN to ride on: a transaction opened elsewhere, or an older connection
