@@ -52,6 +52,21 @@ def test_a_distributed_schema_made_by_the_operations_is_clean(citus_app, owner):
     assert report.summary["tenant_tables"] == 2
 
 
+def test_the_probes_write_as_the_app_role_on_a_single_shard(citus_app, owner):
+    """Citus refuses a role the placements another role modified in the same transaction: with one
+    shard every probe row shares a placement, so rows the auditor wrote would break the app role's probes."""
+    owner.exec_driver_sql("SET citus.shard_count = 1")
+    tenant_table(owner, citus_app.roles.app, "single", distribute={"colocate_with": "none"})
+    report = audit(citus_app.url("admin"), role=citus_app.roles.app, schemas=[SCHEMA], dynamic=True)
+    assert report.failing == (), [(f.rule, f.object, f.message) for f in report.failing]
+    assert report.summary["tenant_tables"] == 1
+    owner.exec_driver_sql(
+        "CREATE POLICY any_tenant ON single USING (current_setting('app.current_tenant_id', true) <> '')"
+    )
+    report = audit(citus_app.url("admin"), role=citus_app.roles.app, schemas=[SCHEMA], dynamic=True)
+    assert [f.confirmed for f in report.findings if f.rule == "PGT101"] == [True]  # on rows the probes wrote
+
+
 def test_an_isolated_table_left_on_the_coordinator_is_reported(citus_app, owner):
     tenant_table(owner, citus_app.roles.app, "ledger")
     owner.exec_driver_sql("CREATE TABLE countries (code text PRIMARY KEY)")  # shared data: not reported

@@ -328,15 +328,22 @@ def probe_table(
                 conn.execute(select(func.set_config(name, value, True)))
             unset = conn.execute(select(func.current_setting(setting, True).is_(None))).scalar_one()
             chosen = list(tenants) or _pick_tenants(session, target, auditor_bypasses)
-            rows = {t: _row_of(session, target, t) for t in chosen} if auditor_bypasses else {}
+            # Citus refuses a role to touch shard placements another role modified in the transaction,
+            # so there every probe row is written by the app role, under its own tenant.
+            rows = (
+                {t: _row_of(session, target, t, insert=not set_local) for t in chosen}
+                if auditor_bypasses
+                else {}
+            )
             if unset:
                 session.as_app()
                 _probe_unbound(session, target, chosen[0], "no tenant bound")
                 session.as_auditor()
-            if not auditor_bypasses:
-                for tenant in chosen:
-                    session.bind(tenant)
-                    rows[tenant] = _row_of(session, target, tenant)
+            if set_local:
+                session.as_app()
+            for tenant in [t for t in chosen if rows.get(t) is None]:
+                session.bind(tenant)
+                rows[tenant] = _row_of(session, target, tenant)
             session.as_app()
             session.bind("")
             _probe_unbound(session, target, chosen[0], "the setting reset to ''")
@@ -372,12 +379,12 @@ def _pick_tenants(session: _Session, target: Target, auditor_bypasses: bool) -> 
     return found
 
 
-def _row_of(session: _Session, target: Target, tenant: str) -> tuple[str, str] | None:
-    """(tableoid, ctid) of a row of ``tenant``, inserting a probe row when it has none."""
+def _row_of(session: _Session, target: Target, tenant: str, *, insert: bool = True) -> tuple[str, str] | None:
+    """(tableoid, ctid) of a row of ``tenant``, inserting a probe row when it has none (and ``insert``)."""
     conn = session.conn
     found = conn.execute(target.find(tenant)).first()
-    if found is not None:
-        return found[0], found[1]
+    if found is not None or not insert:
+        return (found[0], found[1]) if found is not None else None
     nested = conn.begin_nested()
     try:
         conn.execute(target.insert(tenant))
