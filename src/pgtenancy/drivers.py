@@ -76,7 +76,8 @@ def in_transaction_probe(dialect: Dialect) -> Callable[[Any], bool]:
         return lambda raw: raw.is_in_transaction()
     from psycopg.pq import TransactionStatus
 
-    return lambda raw: raw.info.transaction_status != TransactionStatus.IDLE
+    idle = int(TransactionStatus.IDLE)  # libpq's status as a plain int: no ConnectionInfo, no enum per call
+    return lambda raw: raw.pgconn.transaction_status != idle
 
 
 def set_local_renderer(dialect: Dialect, setting: str) -> Callable[[str], str]:
@@ -128,10 +129,15 @@ def applied_on(raw: Any) -> Any:
     return getattr(raw, _APPLIED, NOT_TRACKED)
 
 
-def mark_applied(raw: Any, record: object) -> None:
-    """Record that ``record`` was applied inside the driver connection's current transaction."""
-    if hasattr(type(raw), _APPLIED):
-        setattr(raw, _APPLIED, record)
+def mark_applied(raw: Any, record: object) -> bool:
+    """Record that ``record`` was applied inside the driver connection's current transaction.
+
+    Returns False for driver connections made before ``instrument()``, which cannot hold it.
+    """
+    if not hasattr(type(raw), _APPLIED):
+        return False
+    setattr(raw, _APPLIED, record)
+    return True
 
 
 def _taken(queued: tuple[Queue, str, object] | None) -> tuple[str | None, object]:
@@ -177,12 +183,14 @@ def _psycopg_begin_aware(base: type) -> type:
         return subclass
     from psycopg import errors, generators, pq
 
+    idle, fatal = pq.TransactionStatus.IDLE, pq.ExecStatus.FATAL_ERROR
+
     class BeginAwarePsycopg(base):  # type: ignore[misc, valid-type]
         _pgtenancy_begin_suffix: tuple[Queue, str, object] | None = None
         _pgtenancy_applied: object = None
 
         def _start_query(self) -> Any:
-            if self.autocommit or self.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+            if self.autocommit or self.pgconn.transaction_status != idle:
                 return (yield from super()._start_query())  # no BEGIN will be sent
             suffix, record = _taken(self._pgtenancy_begin_suffix)
             self._pgtenancy_begin_suffix = None
@@ -194,7 +202,7 @@ def _psycopg_begin_aware(base: type) -> type:
             else:
                 self.pgconn.send_query(self._get_tx_start_command() + b"; " + suffix.encode())
                 for result in (yield from generators.execute(self.pgconn)):
-                    if result.status == pq.ExecStatus.FATAL_ERROR:
+                    if result.status == fatal:
                         raise errors.error_from_result(result, encoding=self.info.encoding)
             self._pgtenancy_applied = record
             return None

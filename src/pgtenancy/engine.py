@@ -290,17 +290,16 @@ class _DriverLevel(_Listeners):
         raw = fairy.driver_connection
         binding = current_binding()
         in_transaction = self._in_transaction(raw)
-        if in_transaction:
-            applied = applied_on(raw)  # set by the BEGIN that opened this transaction
-            if applied is NOT_TRACKED:
-                applied = fairy.info.get(_APPLIED)
-            if applied is not None:
-                self._check_switch(applied, binding)
-                return
+        applied = applied_on(raw)  # set by the BEGIN that opened this transaction
+        if applied is NOT_TRACKED:  # a driver connection made before instrument(): the pool record tells
+            applied = fairy.info.get(_APPLIED)
+        if in_transaction and applied is not None:
+            self._check_switch(applied, binding)
+            return
         value, sql = self._resolve(binding)
         _check_autocommit(fairy.dbapi_connection)
         record = (binding, value)
         if in_transaction or not self._queue.put(raw, sql, record):
             cursor.execute(sql)  # no BEGIN to ride on: a transaction opened elsewhere, or an older connection
-            mark_applied(raw, record)
-        fairy.info[_APPLIED] = record
+            if not mark_applied(raw, record):
+                fairy.info[_APPLIED] = record
