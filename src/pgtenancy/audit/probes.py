@@ -192,9 +192,17 @@ class Target:
     def truncate(self) -> Executable:
         return text("TRUNCATE " + _preparer.format_table(self.table))
 
-    def row(self, tableoid: str, ctid: str) -> ColumnElement[bool]:
-        """The condition that picks one row by its physical address."""
-        return (column("tableoid") == _value(tableoid)) & (column("ctid") == _value(ctid))
+    def row(self, tableoid: str, ctid: str, tenant: str) -> ColumnElement[bool]:
+        """The condition that picks ``tenant``'s row by its physical address.
+
+        The tenant pins the shard on Citus, where each shard has its own ctids and ``tableoid`` names
+        the distributed table: an address alone would also match the bound tenant's own row.
+        """
+        return (
+            (column("tableoid") == _value(tableoid))
+            & (column("ctid") == _value(ctid))
+            & self.of_tenant(tenant)
+        )
 
     def of_tenant(self, tenant: str) -> ColumnElement[bool]:
         return self.tenant == _value(tenant)
@@ -425,13 +433,13 @@ def _probe_bound(
         session.crossed(
             "PGT103",
             f"{state} updates a row of tenant {other} in {target.display}",
-            target.touch(target.row(*theirs)),
+            target.touch(target.row(*theirs, other)),
             target.touch(target.of_tenant(other)),
         )
         session.crossed(
             "PGT104",
             f"{state} deletes a row of tenant {other} from {target.display}",
-            target.delete(target.row(*theirs)),
+            target.delete(target.row(*theirs, other)),
             target.delete(target.of_tenant(other)),
         )
 
