@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 from typing import Final
 
@@ -34,9 +35,10 @@ _binding: contextvars.ContextVar[TenantId | _NoTenant | None] = contextvars.Cont
 )
 
 
-def current_binding() -> TenantId | _NoTenant | None:
-    """The raw binding: a tenant id, ``NO_TENANT`` inside ``without_tenant()``, or ``None`` if unbound."""
-    return _binding.get()
+current_binding: Final[Callable[[], TenantId | _NoTenant | None]] = _binding.get
+"""The raw binding: a tenant id, ``NO_TENANT`` inside ``without_tenant()``, or ``None`` if unbound.
+
+The context variable's own ``get``: read before every statement, so no Python frame of its own."""
 
 
 def current_tenant_id() -> TenantId | None:
@@ -47,6 +49,8 @@ def current_tenant_id() -> TenantId | None:
 
 class _Binder:
     """Context manager (sync and async) that binds a value and restores the previous one on exit."""
+
+    __slots__ = ("_tokens", "_value")
 
     def __init__(self, value: TenantId | _NoTenant) -> None:
         self._value = value
@@ -61,13 +65,14 @@ class _Binder:
     ) -> None:
         _binding.reset(self._tokens.pop())
 
-    async def __aenter__(self) -> TenantId | None:
-        return self.__enter__()
+    async def __aenter__(self) -> TenantId | None:  # the body of __enter__, without a second frame
+        self._tokens.append(_binding.set(self._value))
+        return None if self._value is NO_TENANT else self._value  # type: ignore[return-value]
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.__exit__(exc_type, exc, tb)
+        _binding.reset(self._tokens.pop())
 
 
 def tenant_context(tenant_id: TenantId, *, key_type: str | None = None) -> _Binder:

@@ -73,7 +73,9 @@ def prepare_connect(dialect: Dialect, cargs: Any, connect_params: dict[str, Any]
 def in_transaction_probe(dialect: Dialect) -> Callable[[Any], bool]:
     """A function telling whether a driver connection of ``dialect`` is inside a transaction."""
     if dialect.driver == "asyncpg":
-        return lambda raw: raw.is_in_transaction()
+        import asyncpg
+
+        return asyncpg.Connection.is_in_transaction  # type: ignore[no-any-return]
     from psycopg.pq import TransactionStatus
 
     idle = int(TransactionStatus.IDLE)  # libpq's status as a plain int: no ConnectionInfo, no enum per call
@@ -159,18 +161,13 @@ def _begin_aware(base: type) -> type:
             _pgtenancy_applied: object = None
 
             def execute(self, query: str, *args: Any, timeout: float | None = None) -> Any:
-                if args or not query.startswith("BEGIN"):  # COMMIT & co.: asyncpg's coroutine, no extra frame
-                    return super().execute(query, *args, timeout=timeout)
-                return self._pgtenancy_begin(query, timeout)
-
-            async def _pgtenancy_begin(self, query: str, timeout: float | None) -> str:
-                suffix, record = _taken(self._pgtenancy_begin_suffix)
-                self._pgtenancy_begin_suffix = None
-                status = await super().execute(
-                    query if suffix is None else query + " " + suffix, timeout=timeout
-                )
-                self._pgtenancy_applied = record
-                return status
+                if not args and query.startswith("BEGIN"):
+                    # marked before the round trip: a BEGIN that fails leaves no transaction to mark
+                    suffix, self._pgtenancy_applied = _taken(self._pgtenancy_begin_suffix)
+                    self._pgtenancy_begin_suffix = None
+                    if suffix is not None:
+                        query = query + " " + suffix
+                return super().execute(query, *args, timeout=timeout)  # asyncpg's coroutine, no frame of ours
 
         subclass = _subclasses[base] = BeginAwareConnection
     return subclass

@@ -147,7 +147,7 @@ class _Listeners:
         self._set_local = set_local_renderer(dialect, config.setting)
         self._listeners: tuple[tuple[str, Any], ...] = ()
         # validated value and SET LOCAL text per bound id; typed, so True never passes for 1
-        self._for_binding = functools.lru_cache(maxsize=4096, typed=True)(self._value_and_sql)
+        self._resolve = functools.lru_cache(maxsize=4096, typed=True)(self._value_and_sql)
 
     def install(self, engine: Engine) -> _Listeners:
         for name, listener in self._listeners:
@@ -159,16 +159,16 @@ class _Listeners:
             if event.contains(engine, name, listener):
                 event.remove(engine, name, listener)
 
-    def _resolve(self, binding: object) -> tuple[str, str]:
-        """The value for ``binding`` (``''`` for no tenant, else the validated id) and its SET LOCAL."""
+    def _value_and_sql(self, binding: object) -> tuple[str, str]:
+        """The value for ``binding`` (``''`` for no tenant, else the validated id) and its SET LOCAL.
+
+        Called through ``_resolve``, its cache; errors are raised, never cached.
+        """
         if binding is None and self.config.on_missing == "raise":
             raise NoTenantError(
                 "no tenant is bound: wrap the work in tenant_context(tenant_id), "
                 "or in without_tenant() for work on behalf of no tenant"
             )
-        return self._for_binding(binding)
-
-    def _value_and_sql(self, binding: object) -> tuple[str, str]:
         value = (
             ""
             if binding is None or binding is NO_TENANT
@@ -180,7 +180,7 @@ class _Listeners:
         """Refuse a statement whose context binds another tenant than its transaction carries."""
         if binding is applied[0]:
             return
-        value = None if binding is None else self._for_binding(binding)[0]
+        value = None if binding is None else self._resolve(binding)[0]
         if value != applied[1]:
             raise TenantSwitchError(
                 "this transaction was begun for another tenant than the one bound now; "
