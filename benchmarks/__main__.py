@@ -7,10 +7,11 @@ import asyncio
 import json
 import sys
 
-from benchmarks import asgi, binding, rls
+from benchmarks import asgi, binding, instructions, rls
 from benchmarks.harness import benchmark_database
 
-SUITES = {"binding": binding, "rls": rls, "asgi": asgi}
+SUITES = {"binding": binding, "instructions": instructions, "rls": rls, "asgi": asgi}
+DEFAULT = ("binding", "rls", "asgi")  # instructions (callgrind, several minutes) runs when named
 
 
 async def _main(names: list[str], rounds: int, seconds: float) -> list[dict[str, object]]:
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
     rounds, seconds = (2, 0.5) if args.quick else (6, 2.0)
-    rows = asyncio.run(_main(args.only or list(SUITES), rounds, seconds))
+    rows = asyncio.run(_main(args.only or list(DEFAULT), rounds, seconds))
     width = max(len(str(row["name"])) for row in rows)
     print(f"{'benchmark':<{width}}  ratio   baseline  candidate  unit")
     for row in rows:

@@ -34,11 +34,16 @@ class Comparison:
     baseline: list[float]
     candidate: list[float]
     unit: str = "ops/s"
+    lower_is_better: bool = False  # a cost (instructions, latency): the ratio is then baseline ÷ candidate
 
     @property
     def ratio(self) -> float:
-        """Median of per-round ratios: robust to a noisy neighbour slowing one round."""
-        return statistics.median(c / b for b, c in zip(self.baseline, self.candidate, strict=True))
+        """Median of per-round ratios, read like a throughput ratio (1.0: free; lower: costlier).
+
+        The median is robust to a noisy neighbour slowing one round.
+        """
+        pairs = zip(self.baseline, self.candidate, strict=True)
+        return statistics.median(b / c if self.lower_is_better else c / b for b, c in pairs)
 
     def row(self) -> dict[str, object]:
         return {
