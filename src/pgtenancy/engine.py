@@ -252,6 +252,7 @@ class _DriverLevel(_Listeners):
         super().__init__(config, dialect)
         self._queue = Queue()
         self._in_transaction = in_transaction_probe(dialect)
+        self._driver_of = dialect.get_driver_connection  # one call, not the pool's chain of properties
         self._listeners = (
             ("do_connect", self._on_do_connect),
             ("connect", self._on_connect),
@@ -287,7 +288,8 @@ class _DriverLevel(_Listeners):
             with contextlib.suppress(NotImplementedError):  # the set-up's ad hoc proxy has no info
                 fairy.info.pop(_APPLIED, None)
             return
-        raw = fairy.driver_connection
+        dbapi_connection = fairy.dbapi_connection
+        raw = self._driver_of(dbapi_connection)
         binding = current_binding()
         in_transaction = self._in_transaction(raw)
         applied = applied_on(raw)  # set by the BEGIN that opened this transaction
@@ -297,7 +299,7 @@ class _DriverLevel(_Listeners):
             self._check_switch(applied, binding)
             return
         value, sql = self._resolve(binding)
-        _check_autocommit(fairy.dbapi_connection)
+        _check_autocommit(dbapi_connection)
         record = (binding, value)
         if in_transaction or not self._queue.put(raw, sql, record):
             cursor.execute(sql)  # no BEGIN to ride on: a transaction opened elsewhere, or an older connection
