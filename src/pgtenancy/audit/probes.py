@@ -391,8 +391,10 @@ def _row_of(session: _Session, target: Target, tenant: str, *, insert: bool = Tr
     """(tableoid, ctid) of a row of ``tenant``, inserting a probe row when it has none (and ``insert``)."""
     conn = session.conn
     found = conn.execute(target.find(tenant)).first()
-    if found is not None or not insert:
-        return (found[0], found[1]) if found is not None else None
+    if found is not None:
+        return found[0], found[1]
+    if not insert:
+        return None
     nested = conn.begin_nested()
     try:
         conn.execute(target.insert(tenant))
