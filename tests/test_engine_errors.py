@@ -6,7 +6,8 @@ import asyncio
 import secrets
 
 import pytest
-from sqlalchemy import create_engine, event, select, text
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_cursor
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from pgtenancy import (
@@ -28,17 +29,26 @@ A, B = TENANTS[0], TENANTS[1]
 INJECTIONS = ["'; DROP TABLE notes; --", "00000000-0000-0000-0000-00000000000a'; DELETE FROM notes; --"]
 
 
-async def statement_log(engine):
-    """Every statement handed to the driver from now on, recorded at the last hook before it.
+async def statement_log(engine, monkeypatch):
+    """Every statement handed to asyncpg's cursor from now on: the last step before the driver.
 
     The engine is connected once first, so SQLAlchemy's own set-up queries are not counted.
     """
     async with engine.connect():
         pass
     sent = []
-    sync_engine = engine.sync_engine
-    for name in ("do_execute", "do_execute_no_params", "do_executemany"):
-        event.listen(sync_engine, name, lambda cursor, statement, *args: sent.append(statement))
+
+    def recording(run):
+        def record(cursor, operation, *args):
+            sent.append(operation)
+            return run(cursor, operation, *args)
+
+        return record
+
+    for name in ("execute", "executemany"):
+        monkeypatch.setattr(
+            AsyncAdapt_asyncpg_cursor, name, recording(getattr(AsyncAdapt_asyncpg_cursor, name))
+        )
     return sent
 
 
@@ -60,9 +70,9 @@ def test_errors_form_one_hierarchy():
         assert issubclass(error, TenancyError)
 
 
-async def test_no_tenant_raises_before_any_statement(seeded, pgtenancy_engine_factory):
+async def test_no_tenant_raises_before_any_statement(seeded, pgtenancy_engine_factory, monkeypatch):
     engine = pgtenancy_engine_factory("asyncpg")
-    sent = await statement_log(engine)
+    sent = await statement_log(engine, monkeypatch)
     before, sequence = admin_count(seeded), sequence_value(seeded)
     async with engine.connect() as conn:
         with pytest.raises(NoTenantError, match="tenant_context"):
@@ -95,9 +105,11 @@ async def test_on_missing_empty_runs_with_no_tenant(seeded, pgtenancy_engine_fac
 
 
 @pytest.mark.parametrize("bad", INJECTIONS)
-async def test_malformed_tenant_never_reaches_the_database(seeded, pgtenancy_engine_factory, bad):
+async def test_malformed_tenant_never_reaches_the_database(
+    seeded, pgtenancy_engine_factory, monkeypatch, bad
+):
     engine = pgtenancy_engine_factory("asyncpg")
-    sent = await statement_log(engine)
+    sent = await statement_log(engine, monkeypatch)
     async with tenant_context(bad), engine.connect() as conn:
         with pytest.raises(InvalidTenantError):
             await conn.execute(text("SELECT count(*) FROM notes"))
@@ -115,9 +127,9 @@ async def test_int_engine_rejects_uuid_and_injection(seeded, pgtenancy_engine_fa
     await engine.dispose()
 
 
-async def test_engine_level_autocommit_is_refused(seeded, pgtenancy_engine_factory):
+async def test_engine_level_autocommit_is_refused(seeded, pgtenancy_engine_factory, monkeypatch):
     engine = pgtenancy_engine_factory("asyncpg", engine_options={"isolation_level": "AUTOCOMMIT"})
-    sent = await statement_log(engine)
+    sent = await statement_log(engine, monkeypatch)
     async with tenant_context(A), engine.connect() as conn:
         with pytest.raises(AutocommitError):
             await conn.execute(text("SELECT count(*) FROM notes"))

@@ -12,26 +12,30 @@ back to a separate statement rather than guess.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from sqlalchemy import Dialect, String
 
 from pgtenancy.errors import ConfigurationError
 
 __all__ = [
+    "APPLIED",
     "NOT_TRACKED",
+    "PENDING",
+    "Access",
     "Queue",
-    "applied_on",
-    "in_transaction_probe",
-    "mark_applied",
+    "access",
     "prepare_connect",
     "set_local_renderer",
     "supports_begin",
 ]
 
-_SUFFIX = "_pgtenancy_begin_suffix"
-_APPLIED = "_pgtenancy_applied"
+PENDING: Final = "_pgtenancy_begin_suffix"
+"""Driver-connection attribute: ``(queue, suffix, record)`` for the next BEGIN to send and mark."""
+APPLIED: Final = "_pgtenancy_applied"
+"""Driver-connection attribute: the record of the transaction its last BEGIN opened (``None``: nothing)."""
 _subclasses: dict[type, type] = {}
 
 
@@ -70,16 +74,37 @@ def prepare_connect(dialect: Dialect, cargs: Any, connect_params: dict[str, Any]
     return None
 
 
-def in_transaction_probe(dialect: Dialect) -> Callable[[Any], bool]:
-    """A function telling whether a driver connection of ``dialect`` is inside a transaction."""
+class Access(NamedTuple):
+    """How the per-statement check reaches a dialect's driver connection, in as few Python frames as it can.
+
+    ``driver_of`` and ``autocommit`` take the DBAPI cursor SQLAlchemy executes on,
+    ``in_transaction`` the driver connection.
+    """
+
+    driver_of: Callable[[Any], Any]
+    in_transaction: Callable[[Any], bool]
+    autocommit: Callable[[Any], bool]
+
+
+def access(dialect: Dialect) -> Access:
+    """The ``Access`` for ``dialect`` (asyncpg or psycopg), whose cursors hold their driver connection."""
     if dialect.driver == "asyncpg":
         import asyncpg
 
-        return asyncpg.Connection.is_in_transaction  # type: ignore[no-any-return]
+        return Access(
+            driver_of=operator.attrgetter("_connection"),  # SQLAlchemy's adapted cursor keeps asyncpg's
+            in_transaction=asyncpg.Connection.is_in_transaction,
+            autocommit=operator.attrgetter("_adapt_connection.autocommit"),  # the adapter decides on BEGIN
+        )
     from psycopg.pq import TransactionStatus
 
     idle = int(TransactionStatus.IDLE)  # libpq's status as a plain int: no ConnectionInfo, no enum per call
-    return lambda raw: raw.pgconn.transaction_status != idle
+    driver = "_connection" if dialect.is_async else "_conn"  # the adapted cursor's, or psycopg's own
+    return Access(
+        driver_of=operator.attrgetter(driver),
+        in_transaction=lambda raw: raw.pgconn.transaction_status != idle,
+        autocommit=operator.attrgetter(driver + ".autocommit"),
+    )
 
 
 def set_local_renderer(dialect: Dialect, setting: str) -> Callable[[str], str]:
@@ -108,38 +133,9 @@ class Queue:
     def __init__(self) -> None:
         self.open = True
 
-    def put(self, raw: Any, suffix: str, record: object) -> bool:
-        """Attach ``suffix`` to the next BEGIN on driver connection ``raw``; that BEGIN marks ``record``.
-
-        Returns False when the driver connection cannot carry it (made before ``instrument()``).
-        """
-        if not hasattr(type(raw), _SUFFIX):
-            return False
-        setattr(raw, _SUFFIX, (self, suffix, record))
-        return True
-
 
 NOT_TRACKED: Final = object()
-
-
-def applied_on(raw: Any) -> Any:
-    """What pgtenancy applied to the transaction the driver connection last began.
-
-    A record, ``None`` when that BEGIN carried nothing of pgtenancy's (someone else opened the
-    transaction), or ``NOT_TRACKED`` for driver connections made before ``instrument()``.
-    """
-    return getattr(raw, _APPLIED, NOT_TRACKED)
-
-
-def mark_applied(raw: Any, record: object) -> bool:
-    """Record that ``record`` was applied inside the driver connection's current transaction.
-
-    Returns False for driver connections made before ``instrument()``, which cannot hold it.
-    """
-    if not hasattr(type(raw), _APPLIED):
-        return False
-    setattr(raw, _APPLIED, record)
-    return True
+"""What ``getattr(raw, APPLIED, NOT_TRACKED)`` gives for driver connections made before ``instrument()``."""
 
 
 def _taken(queued: tuple[Queue, str, object] | None) -> tuple[str | None, object]:
@@ -151,7 +147,7 @@ def _taken(queued: tuple[Queue, str, object] | None) -> tuple[str | None, object
 
 def _begin_aware(base: type) -> type:
     """A subclass of asyncpg's ``Connection`` class ``base`` that appends a pending suffix to BEGIN."""
-    if hasattr(base, _SUFFIX):
+    if hasattr(base, PENDING):
         return base
     subclass = _subclasses.get(base)
     if subclass is None:
@@ -163,10 +159,12 @@ def _begin_aware(base: type) -> type:
             def execute(self, query: str, *args: Any, timeout: float | None = None) -> Any:
                 if not args and query.startswith("BEGIN"):
                     # marked before the round trip: a BEGIN that fails leaves no transaction to mark
-                    suffix, self._pgtenancy_applied = _taken(self._pgtenancy_begin_suffix)
-                    self._pgtenancy_begin_suffix = None
-                    if suffix is not None:
-                        query = query + " " + suffix
+                    pending, self._pgtenancy_begin_suffix = self._pgtenancy_begin_suffix, None
+                    if pending is None or not pending[0].open:
+                        self._pgtenancy_applied = None
+                    else:
+                        query = query + " " + pending[1]
+                        self._pgtenancy_applied = pending[2]
                 return super().execute(query, *args, timeout=timeout)  # asyncpg's coroutine, no frame of ours
 
         subclass = _subclasses[base] = BeginAwareConnection
