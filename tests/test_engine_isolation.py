@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
 from pgtenancy import instrument, is_instrumented, tenant_context, uninstrument, without_tenant
+from pgtenancy.errors import ConfigurationError
 from tests.conftest import INT_TENANTS, ROWS_PER_TENANT, TENANTS
 from tests.models import Note
 
@@ -75,6 +76,25 @@ async def test_instrumenting_the_session_factory(seeded, pgtenancy_engine_factor
     assert not is_instrumented(engine)
     async with factory() as session:  # no tenant applied: RLS shows nothing
         assert (await session.scalars(select(Note))).all() == []
+    await engine.dispose()
+
+
+async def test_uninstrument_gives_the_dialect_back_and_a_replaced_dialect_is_refused(
+    seeded, pgtenancy_engine_factory
+):
+    engine = pgtenancy_engine_factory("asyncpg", instrumented=False)
+    dialect = engine.sync_engine.dialect
+    replaceable = {"connect", "do_execute", "do_execute_no_params", "do_executemany"}
+    instrument(engine)
+    assert replaceable <= set(vars(dialect))
+    uninstrument(engine)
+    assert not replaceable & set(vars(dialect))
+    async with engine.connect() as conn:  # unchecked again: no NoTenantError, and RLS shows nothing
+        assert (await conn.execute(text("SELECT count(*) FROM notes"))).scalar_one() == 0
+    dialect.do_execute = lambda cursor, statement, parameters, context=None: None  # another library's
+    with pytest.raises(ConfigurationError, match="replaced"):
+        instrument(engine)
+    assert not is_instrumented(engine)
     await engine.dispose()
 
 

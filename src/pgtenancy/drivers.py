@@ -43,14 +43,38 @@ _PSYCOPG_HOOKS = ("_start_query", "_get_tx_start_command", "_exec_command")
 
 
 def supports_begin(dialect: Dialect) -> bool:
-    """Whether pgtenancy can send the tenant with BEGIN on this dialect's driver."""
+    """Whether pgtenancy can send the tenant with BEGIN on this dialect's driver.
+
+    Checks, besides the driver's hooks, the attributes ``access()`` reads, so that another
+    SQLAlchemy or driver version falls back to engine events instead of failing at the first statement.
+    """
     if dialect.driver == "asyncpg":
-        return True
+        from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_cursor
+
+        return _has_slots(AsyncAdapt_asyncpg_cursor, "_connection", "_adapt_connection")
     if dialect.driver == "psycopg":
         import psycopg
+        from psycopg.pq import TransactionStatus
+        from sqlalchemy.dialects.postgresql.psycopg import AsyncAdapt_psycopg_cursor
 
-        return all(hasattr(psycopg.Connection, name) for name in _PSYCOPG_HOOKS)
+        return (
+            all(hasattr(psycopg.Connection, name) for name in _PSYCOPG_HOOKS)
+            and TransactionStatus.IDLE == 0  # libpq's PQTRANS_IDLE: any other status is truthy
+            and _has_slots(
+                AsyncAdapt_psycopg_cursor if dialect.is_async else psycopg.Cursor, _cursor_driver(dialect)
+            )
+        )
     return False
+
+
+def _has_slots(cls: type, *names: str) -> bool:
+    slots = {slot for klass in cls.__mro__ for slot in getattr(klass, "__slots__", ())}
+    return all(name in slots for name in names)
+
+
+def _cursor_driver(dialect: Dialect) -> str:
+    """The attribute holding the driver connection on the DBAPI cursors of ``dialect`` (psycopg)."""
+    return "_connection" if dialect.is_async else "_conn"  # SQLAlchemy's adapted cursor, or psycopg's own
 
 
 def prepare_connect(dialect: Dialect, cargs: Any, connect_params: dict[str, Any]) -> Any:
@@ -82,7 +106,7 @@ class Access(NamedTuple):
     """
 
     driver_of: Callable[[Any], Any]
-    in_transaction: Callable[[Any], bool]
+    in_transaction: Callable[[Any], object]  # truthy inside a transaction
     autocommit: Callable[[Any], bool]
 
 
@@ -96,13 +120,10 @@ def access(dialect: Dialect) -> Access:
             in_transaction=asyncpg.Connection.is_in_transaction,
             autocommit=operator.attrgetter("_adapt_connection.autocommit"),  # the adapter decides on BEGIN
         )
-    from psycopg.pq import TransactionStatus
-
-    idle = int(TransactionStatus.IDLE)  # libpq's status as a plain int: no ConnectionInfo, no enum per call
-    driver = "_connection" if dialect.is_async else "_conn"  # the adapted cursor's, or psycopg's own
+    driver = _cursor_driver(dialect)
     return Access(
         driver_of=operator.attrgetter(driver),
-        in_transaction=lambda raw: raw.pgconn.transaction_status != idle,
+        in_transaction=operator.attrgetter("pgconn.transaction_status"),  # libpq's int: 0 is idle
         autocommit=operator.attrgetter(driver + ".autocommit"),
     )
 
@@ -136,13 +157,6 @@ class Queue:
 
 NOT_TRACKED: Final = object()
 """What ``getattr(raw, APPLIED, NOT_TRACKED)`` gives for driver connections made before ``instrument()``."""
-
-
-def _taken(queued: tuple[Queue, str, object] | None) -> tuple[str | None, object]:
-    """The suffix a BEGIN sends and the record it marks, for what was queued (if anything)."""
-    if queued is None or not queued[0].open:
-        return None, None
-    return queued[1], queued[2]
 
 
 def _begin_aware(base: type) -> type:
@@ -187,11 +201,13 @@ def _psycopg_begin_aware(base: type) -> type:
         def _start_query(self) -> Any:
             if self.autocommit or self.pgconn.transaction_status != idle:
                 return (yield from super()._start_query())  # no BEGIN will be sent
-            suffix, record = _taken(self._pgtenancy_begin_suffix)
-            self._pgtenancy_begin_suffix = None
-            if suffix is None:
+            pending, self._pgtenancy_begin_suffix = self._pgtenancy_begin_suffix, None
+            if pending is None or not pending[0].open:
                 yield from super()._start_query()
-            elif getattr(self, "_pipeline", None):  # pipeline mode: BEGIN, then the suffix, queued together
+                self._pgtenancy_applied = None
+                return None
+            _, suffix, record = pending
+            if getattr(self, "_pipeline", None):  # pipeline mode: BEGIN, then the suffix, queued together
                 yield from super()._start_query()
                 yield from self._exec_command(suffix.encode())
             else:

@@ -82,7 +82,8 @@ def instrument(
 
     Each transaction applies the tenant transaction-locally: with ``mode="begin"`` (default) as
     ``SET LOCAL setting = 'tenant'`` in the same message as the driver's own ``BEGIN`` where the
-    driver allows it (asyncpg: checked per statement at the driver level, no engine events), else
+    driver allows it (asyncpg and psycopg 3: checked per statement in front of the engine's own
+    dialect methods, no SQLAlchemy events on the statement path), else
     as ``SELECT set_config(setting, tenant, true)``; ``mode="set_config"`` always that separate
     statement; ``mode="set_local"`` a separate ``SET LOCAL`` (for Citus). Idempotent; returns
     ``target``.
