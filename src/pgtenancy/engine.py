@@ -250,7 +250,7 @@ class _DriverLevel(_Listeners):
 
     The check is installed on the engine's own dialect instance, in front of its ``connect`` and
     ``do_execute*`` methods, not as dialect events: any dialect event makes SQLAlchemy take its
-    slower event-dispatching path for every statement, measured at ~1.5 % of a point select.
+    slower event-dispatching path for every statement, measured at ~1 % of a point select.
     """
 
     _OVERRIDDEN: Final = ("connect", "do_execute", "do_execute_no_params", "do_executemany")
