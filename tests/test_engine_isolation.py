@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
 from pgtenancy import instrument, is_instrumented, tenant_context, uninstrument, without_tenant
-from pgtenancy.errors import ConfigurationError
+from pgtenancy.errors import ConfigurationError, NoTenantError
 from tests.conftest import INT_TENANTS, ROWS_PER_TENANT, TENANTS
 from tests.models import Note
 
@@ -87,7 +87,13 @@ async def test_uninstrument_gives_the_dialect_back_and_a_replaced_dialect_is_ref
     replaceable = {"connect", "do_execute", "do_execute_no_params", "do_executemany"}
     instrument(engine)
     assert replaceable <= set(vars(dialect))
-    uninstrument(engine)
+    copy = engine.execution_options(isolation_level="REPEATABLE READ")  # shares the pool and dialect
+    assert is_instrumented(copy) and instrument(copy) is copy
+    async with copy.connect() as conn:
+        with pytest.raises(NoTenantError):
+            await conn.execute(text("SELECT 1"))
+    uninstrument(copy)
+    assert not is_instrumented(engine)
     assert not replaceable & set(vars(dialect))
     async with engine.connect() as conn:  # unchecked again: no NoTenantError, and RLS shows nothing
         assert (await conn.execute(text("SELECT count(*) FROM notes"))).scalar_one() == 0

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
 from sqlalchemy import Connection, Dialect, Engine, bindparam, event, func, select, true
+from sqlalchemy.engine.base import OptionEngine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
@@ -125,7 +126,9 @@ def is_instrumented(target: Engine | AsyncEngine | sessionmaker[Any] | async_ses
 def _engines_of(target: object) -> list[Engine]:
     """The sync engines behind an engine or session factory."""
     if isinstance(target, AsyncEngine):
-        return [target.sync_engine]
+        return _engines_of(target.sync_engine)
+    if isinstance(target, OptionEngine):  # execution_options() copies share their origin's pool and dialect
+        return _engines_of(target._proxied)
     if isinstance(target, Engine):
         return [target]
     if isinstance(target, (sessionmaker, async_sessionmaker)):
