@@ -256,7 +256,8 @@ class _DriverLevel(_Listeners):
     slower event-dispatching path for every statement, measured at ~1 % of a point select.
     """
 
-    _OVERRIDDEN: Final = ("connect", "do_execute", "do_execute_no_params", "do_executemany")
+    _CHECKED: Final = ("do_execute", "do_execute_no_params", "do_executemany")
+    _OVERRIDDEN: Final = ("connect", *_CHECKED)
 
     def __init__(self, config: TenancyConfig, dialect: Dialect) -> None:
         super().__init__(config, dialect)
@@ -276,7 +277,7 @@ class _DriverLevel(_Listeners):
             return connect(*cargs, **cparams) if made is None else made
 
         vars(dialect)["connect"] = make_connection
-        for name in self._OVERRIDDEN[1:]:
+        for name in self._CHECKED:
             vars(dialect)[name] = functools.partial(self._checked, getattr(dialect, name))
         return super().install(engine)
 
