@@ -11,8 +11,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
+from pgtenancy import engine as engine_module
 from pgtenancy import instrument, is_instrumented, tenant_context, uninstrument, without_tenant
-from pgtenancy.errors import ConfigurationError, NoTenantError
+from pgtenancy.errors import ConfigurationError, NoTenantError, TenantSwitchError
 from tests.conftest import INT_TENANTS, ROWS_PER_TENANT, TENANTS
 from tests.models import Note
 
@@ -205,6 +206,27 @@ async def test_set_local_mode_isolates_too(seeded, pgtenancy_engine_factory):
     async with tenant_context(str(A)), engine.connect() as conn:
         rows = set((await conn.execute(text("SELECT tenant_id FROM notes"))).scalars())
     assert rows == {A}
+    await engine.dispose()
+
+
+@pytest.mark.parametrize("driver", ASYNC_DRIVERS)
+async def test_begin_mode_falls_back_to_engine_events_where_the_driver_cannot_carry_it(
+    seeded, pgtenancy_engine_factory, driver, monkeypatch
+):
+    """Another SQLAlchemy or driver without the attributes the BEGIN path reads still isolates."""
+    monkeypatch.setattr(engine_module, "supports_begin", lambda dialect: False)
+    engine = pgtenancy_engine_factory(driver)
+    assert not set(vars(engine.sync_engine.dialect)) & {"connect", "do_execute"}  # no dialect methods
+    sent = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda c, cur, s, *a: sent.append(s))
+    for tenant in (A, B):
+        async with tenant_context(tenant), engine.connect() as conn:
+            assert set((await conn.execute(text("SELECT tenant_id FROM notes"))).scalars()) == {tenant}
+    assert sum("set_config" in statement for statement in sent) == 2  # a separate statement per transaction
+    async with tenant_context(A), engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+        with tenant_context(B), pytest.raises(TenantSwitchError):
+            await conn.execute(text("SELECT 1"))
     await engine.dispose()
 
 
