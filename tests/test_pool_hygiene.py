@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError
 
 from pgtenancy import tenant_context, uninstrument
 from tests.conftest import TENANTS
@@ -71,14 +72,15 @@ async def test_every_mode_is_transaction_local(seeded, pgtenancy_engine_factory,
 
 
 async def test_a_tenant_queued_but_never_sent_dies_with_uninstrument(seeded, pgtenancy_engine_factory):
-    """A raw COMMIT leaves the driver outside a transaction SQLAlchemy still thinks is open."""
+    """asyncpg refuses to begin inside a transaction opened on the driver, leaving the tenant queued."""
     engine = pgtenancy_engine_factory("asyncpg", engine_options={"pool_size": 1})
     async with tenant_context(A), engine.connect() as conn:
-        await conn.execute(text("SELECT 1"))
-        await conn.exec_driver_sql("COMMIT")  # behind SQLAlchemy's back
-        # no BEGIN follows (the adapter believes it is in a transaction): no tenant, nothing visible
-        assert (await conn.execute(text("SELECT count(*) FROM notes"))).scalar_one() == 0
+        raw = (await conn.get_raw_connection()).driver_connection
+        await raw.execute("BEGIN")  # behind SQLAlchemy's back: its adapter holds no transaction
+        with pytest.raises(DBAPIError, match="manually started transaction"):
+            await conn.execute(text("SELECT 1"))  # the tenant is queued, then no BEGIN is sent
+        await raw.execute("COMMIT")
     uninstrument(engine)
-    async with engine.connect() as conn:
+    async with engine.connect() as conn:  # the same driver connection: its next BEGIN must carry nothing
         assert (await conn.execute(text(PROBE))).scalar_one() in (None, "")
     await engine.dispose()

@@ -24,6 +24,7 @@ __all__ = [
     "APPLIED",
     "NOT_TRACKED",
     "PENDING",
+    "READY",
     "Access",
     "Queue",
     "access",
@@ -36,6 +37,8 @@ PENDING: Final = "_pgtenancy_begin_suffix"
 """Driver-connection attribute: ``(queue, suffix, record)`` for the next BEGIN to send and mark."""
 APPLIED: Final = "_pgtenancy_applied"
 """Driver-connection attribute: the record of the transaction its last BEGIN opened (``None``: nothing)."""
+READY: Final = "_pgtenancy_ready"
+"""Driver-connection attribute, set once the pool has made the connection: SQLAlchemy's own set-up is over."""
 _subclasses: dict[type, type] = {}
 
 
@@ -49,9 +52,14 @@ def supports_begin(dialect: Dialect) -> bool:
     SQLAlchemy or driver version falls back to engine events instead of failing at the first statement.
     """
     if dialect.driver == "asyncpg":
-        from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_cursor
+        from sqlalchemy.dialects.postgresql.asyncpg import (
+            AsyncAdapt_asyncpg_connection,
+            AsyncAdapt_asyncpg_cursor,
+        )
 
-        return _has_slots(AsyncAdapt_asyncpg_cursor, "_connection", "_adapt_connection")
+        return _has_slots(AsyncAdapt_asyncpg_cursor, "_connection", "_adapt_connection") and _has_slots(
+            AsyncAdapt_asyncpg_connection, "_transaction", "isolation_level"
+        )
     if dialect.driver == "psycopg":
         import psycopg
         from psycopg.pq import TransactionStatus
@@ -101,30 +109,32 @@ def prepare_connect(dialect: Dialect, cargs: Any, connect_params: dict[str, Any]
 class Access(NamedTuple):
     """How the per-statement check reaches a dialect's driver connection, in as few Python frames as it can.
 
-    ``driver_of`` and ``autocommit`` take the DBAPI cursor SQLAlchemy executes on,
-    ``in_transaction`` the driver connection.
+    Each callable takes the DBAPI cursor SQLAlchemy executes on, and reads attributes in C.
     """
 
     driver_of: Callable[[Any], Any]
-    in_transaction: Callable[[Any], object]  # truthy inside a transaction
-    autocommit: Callable[[Any], bool]
+    in_transaction: Callable[[Any], object]  # truthy when the statement runs in an open transaction
+    isolation: Callable[[Any], object]
+    autocommit: object  # what ``isolation`` gives on an autocommit connection
 
 
 def access(dialect: Dialect) -> Access:
     """The ``Access`` for ``dialect`` (asyncpg or psycopg), whose cursors hold their driver connection."""
     if dialect.driver == "asyncpg":
-        import asyncpg
-
+        # SQLAlchemy's adapted cursor keeps asyncpg's connection and the adapter, which sends BEGIN
+        # (through asyncpg's Transaction) before a statement exactly when it holds no transaction
         return Access(
-            driver_of=operator.attrgetter("_connection"),  # SQLAlchemy's adapted cursor keeps asyncpg's
-            in_transaction=asyncpg.Connection.is_in_transaction,
-            autocommit=operator.attrgetter("_adapt_connection.autocommit"),  # the adapter decides on BEGIN
+            driver_of=operator.attrgetter("_connection"),
+            in_transaction=operator.attrgetter("_adapt_connection._transaction"),
+            isolation=operator.attrgetter("_adapt_connection.isolation_level"),
+            autocommit="autocommit",
         )
-    driver = _cursor_driver(dialect)
+    driver = _cursor_driver(dialect)  # psycopg sends BEGIN when libpq's status is idle (0)
     return Access(
         driver_of=operator.attrgetter(driver),
-        in_transaction=operator.attrgetter("pgconn.transaction_status"),  # libpq's int: 0 is idle
-        autocommit=operator.attrgetter(driver + ".autocommit"),
+        in_transaction=operator.attrgetter(driver + ".pgconn.transaction_status"),
+        isolation=operator.attrgetter(driver + ".autocommit"),
+        autocommit=True,
     )
 
 
@@ -165,12 +175,14 @@ def _begin_aware(base: type) -> type:
         return base
     subclass = _subclasses.get(base)
     if subclass is None:
+        base_execute = base.execute
 
         class BeginAwareConnection(base):  # type: ignore[misc, valid-type]
             _pgtenancy_begin_suffix: tuple[Queue, str, object] | None = None
             _pgtenancy_applied: object = None
+            _pgtenancy_ready = False
 
-            def execute(self, query: str, *args: Any, timeout: float | None = None) -> Any:
+            def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
                 if not args and query.startswith("BEGIN"):
                     # marked before the round trip: a BEGIN that fails leaves no transaction to mark
                     pending, self._pgtenancy_begin_suffix = self._pgtenancy_begin_suffix, None
@@ -179,7 +191,8 @@ def _begin_aware(base: type) -> type:
                     else:
                         query = query + " " + pending[1]
                         self._pgtenancy_applied = pending[2]
-                return super().execute(query, *args, timeout=timeout)  # asyncpg's coroutine, no frame of ours
+                # asyncpg's coroutine, called as a function: cheaper than super() on every COMMIT and ROLLBACK
+                return base_execute(self, query, *args, **kwargs)
 
         subclass = _subclasses[base] = BeginAwareConnection
     return subclass
@@ -197,6 +210,7 @@ def _psycopg_begin_aware(base: type) -> type:
     class BeginAwarePsycopg(base):  # type: ignore[misc, valid-type]
         _pgtenancy_begin_suffix: tuple[Queue, str, object] | None = None
         _pgtenancy_applied: object = None
+        _pgtenancy_ready = False
 
         def _start_query(self) -> Any:
             if self.autocommit or self.pgconn.transaction_status != idle:

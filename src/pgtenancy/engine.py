@@ -19,6 +19,7 @@ from pgtenancy.drivers import (
     APPLIED,
     NOT_TRACKED,
     PENDING,
+    READY,
     Queue,
     access,
     prepare_connect,
@@ -247,9 +248,10 @@ class _EventLevel(_Listeners):
 class _DriverLevel(_Listeners):
     """asyncpg and psycopg, ``mode="begin"``: the engine's dialect checks every statement itself.
 
-    Before each statement the driver connection's own transaction status tells whether the
-    statement will begin a transaction: then the tenant is checked and queued as ``SET LOCAL`` to
-    ride on that ``BEGIN``; otherwise the statement is checked against the tenant applied.
+    Before each statement, what decides whether the driver sends ``BEGIN`` first (asyncpg: the
+    SQLAlchemy adapter's transaction; psycopg: libpq's status) tells whether the statement begins a
+    transaction: then the tenant is checked and queued as ``SET LOCAL`` to ride on that ``BEGIN``;
+    otherwise the statement is checked against the tenant applied.
 
     The check is installed on the engine's own dialect instance, in front of its ``connect`` and
     ``do_execute*`` methods, not as dialect events: any dialect event makes SQLAlchemy take its
@@ -262,7 +264,7 @@ class _DriverLevel(_Listeners):
     def __init__(self, config: TenancyConfig, dialect: Dialect) -> None:
         super().__init__(config, dialect)
         self._queue = Queue()
-        self._driver_of, self._in_transaction, self._autocommit = access(dialect)
+        self._driver_of, self._in_transaction, self._isolation, self._autocommit = access(dialect)
         self._listeners = (("connect", self._on_connect),)
 
     def install(self, engine: Engine) -> _Listeners:
@@ -288,31 +290,37 @@ class _DriverLevel(_Listeners):
         super().remove(engine)
 
     def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
-        """Check the role once per new connection; refuse (and close) one that bypasses RLS."""
+        """Check the role once per new connection (refuse and close one that bypasses RLS); mark it ready.
+
+        The pool runs this after SQLAlchemy's own set-up statements, which must not carry a tenant.
+        """
         if self.config.verify_role:
             try:
                 verify_dbapi_role(dbapi_connection)
             except UnsafeRoleError:
                 dbapi_connection.close()
                 raise
+        raw = getattr(dbapi_connection, "driver_connection", dbapi_connection)  # async: the adapted driver's
+        if getattr(raw, READY, None) is False:
+            setattr(raw, READY, True)
 
     def _checked(self, run: Any, cursor: Any, statement: str, *args: Any) -> None:
         """Check the statement against its transaction's tenant, or queue the tenant; then ``run`` it."""
         raw = self._driver_of(cursor)
         binding = current_binding()
         applied = getattr(raw, APPLIED, NOT_TRACKED)  # set by the BEGIN that opened the transaction
-        in_transaction = self._in_transaction(raw)
+        in_transaction = self._in_transaction(cursor)
         if in_transaction and applied is not None and applied is not NOT_TRACKED:
             if binding is not applied[0]:
                 self._check_switch(applied, binding)
         elif applied is NOT_TRACKED:  # args end with the execution context
             self._untracked(cursor, binding, in_transaction, args[-1].root_connection)
-        elif args[-1].root_connection.in_transaction():  # else SQLAlchemy's set-up or a begin listener:
-            value, sql = self._resolve(binding)  # its BEGIN carries nothing, so the next statement applies
-            if self._autocommit(cursor):
+        elif getattr(raw, READY):  # else SQLAlchemy's set-up: its BEGIN carries nothing
+            value, sql = self._resolve(binding)
+            if self._isolation(cursor) == self._autocommit:
                 raise _autocommit_error()
             record = (binding, value)
-            if in_transaction:  # a transaction opened behind SQLAlchemy's back: no BEGIN left to ride on
+            if in_transaction:  # a transaction whose BEGIN carried no tenant: apply it now
                 cursor.execute(sql)
                 setattr(raw, APPLIED, record)
             else:
@@ -331,7 +339,7 @@ class _DriverLevel(_Listeners):
             self._check_switch(applied, binding)
             return
         value, sql = self._resolve(binding)
-        if self._autocommit(cursor):
+        if self._isolation(cursor) == self._autocommit:
             raise _autocommit_error()
         cursor.execute(sql)
         fairy.info[_APPLIED] = (binding, value)
