@@ -82,3 +82,14 @@ def test_key_type_validates_and_canonicalises_early():
 def test_non_id_types_are_rejected(value):
     with pytest.raises(InvalidTenantError):
         tenant_context(value)
+
+
+async def test_entering_the_same_context_twice_is_refused_and_leaves_the_outer_binding():
+    binder = tenant_context(A)
+    with binder:
+        with pytest.raises(RuntimeError, match="already entered"), binder:
+            pass
+        assert current_tenant_id() == A
+    async with binder:  # usable again once left
+        assert current_tenant_id() == A
+    assert current_tenant_id() is None

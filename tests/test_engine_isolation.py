@@ -292,16 +292,20 @@ async def test_bulk_inserts_savepoints_and_plain_sql_carry_the_tenant(
 async def test_sql_run_by_a_users_begin_listener_does_not_lose_the_tenant(
     seeded, pgtenancy_engine_factory, driver
 ):
-    """A begin listener's own statement opens the transaction; the tenant is still applied after it."""
+    """A begin listener's own statement opens the transaction, and already carries the tenant."""
     engine = pgtenancy_engine_factory(driver)
-    event.listen(
-        engine.sync_engine, "begin", lambda conn: conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
-    )
+    seen = []
+
+    def on_begin(conn):
+        conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+        seen.append(conn.exec_driver_sql("SELECT current_setting('app.current_tenant_id')").scalar_one())
+
+    event.listen(engine.sync_engine, "begin", on_begin)
     for tenant in (A, B, A):
         async with tenant_context(tenant), engine.connect() as conn:
             rows = set((await conn.execute(text("SELECT tenant_id FROM notes"))).scalars())
             timeout = (await conn.execute(text("SHOW lock_timeout"))).scalar_one()
-        assert rows == {tenant} and timeout == "5s"
+        assert rows == {tenant} and timeout == "5s" and seen[-1] == str(tenant)
     await engine.dispose()
 
 

@@ -48,31 +48,41 @@ def current_tenant_id() -> TenantId | None:
 
 
 class _Binder:
-    """Context manager (sync and async) that binds a value and restores the previous one on exit."""
+    """Context manager (sync and async) that binds a value and restores the previous one on exit.
 
-    __slots__ = ("_tokens", "_value")
+    One token, not a stack: entered once per request or operation, it is kept cheap. Entering it
+    again while it is entered is refused, as that would leave the outer binding in place on exit.
+    """
+
+    __slots__ = ("_token", "_value")
 
     def __init__(self, value: TenantId | _NoTenant) -> None:
         self._value = value
-        self._tokens: list[contextvars.Token[TenantId | _NoTenant | None]] = []
+        self._token: contextvars.Token[TenantId | _NoTenant | None] | None = None
 
     def __enter__(self) -> TenantId | None:
-        self._tokens.append(_binding.set(self._value))
+        if self._token is not None:
+            raise RuntimeError("this tenant context is already entered: create one per with block")
+        self._token = _binding.set(self._value)
         return None if self._value is NO_TENANT else self._value  # type: ignore[return-value]
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        _binding.reset(self._tokens.pop())
+        _binding.reset(self._token)  # type: ignore[arg-type]
+        self._token = None
 
     async def __aenter__(self) -> TenantId | None:  # the body of __enter__, without a second frame
-        self._tokens.append(_binding.set(self._value))
+        if self._token is not None:
+            raise RuntimeError("this tenant context is already entered: create one per with block")
+        self._token = _binding.set(self._value)
         return None if self._value is NO_TENANT else self._value  # type: ignore[return-value]
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        _binding.reset(self._tokens.pop())
+        _binding.reset(self._token)  # type: ignore[arg-type]
+        self._token = None
 
 
 def tenant_context(tenant_id: TenantId, *, key_type: str | None = None) -> _Binder:

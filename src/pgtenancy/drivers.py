@@ -183,7 +183,10 @@ def _begin_aware(base: type) -> type:
             _pgtenancy_ready = False
 
             def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
-                if not args and query.startswith("BEGIN"):
+                # asyncpg's coroutine, called as a plain function: COMMIT and ROLLBACK pass here too
+                if args or kwargs:
+                    return base_execute(self, query, *args, **kwargs)
+                if query.startswith("BEGIN"):
                     # marked before the round trip: a BEGIN that fails leaves no transaction to mark
                     pending, self._pgtenancy_begin_suffix = self._pgtenancy_begin_suffix, None
                     if pending is None or not pending[0].open:
@@ -191,8 +194,7 @@ def _begin_aware(base: type) -> type:
                     else:
                         query = query + " " + pending[1]
                         self._pgtenancy_applied = pending[2]
-                # asyncpg's coroutine, called as a function: cheaper than super() on every COMMIT and ROLLBACK
-                return base_execute(self, query, *args, **kwargs)
+                return base_execute(self, query)
 
         subclass = _subclasses[base] = BeginAwareConnection
     return subclass
