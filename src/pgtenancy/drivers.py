@@ -155,7 +155,7 @@ def set_local_renderer(dialect: Dialect, setting: str) -> Callable[[str], str]:
 class Queue:
     """Where one engine's instrumentation queues statements for BEGIN; closed by ``uninstrument()``.
 
-    A queued statement that no BEGIN took (the driver was already in a transaction) is never sent
+    A queued statement that no BEGIN took (the driver did not begin a transaction) is never sent
     once its queue is closed, so it cannot reach a transaction pgtenancy no longer governs.
     """
 
