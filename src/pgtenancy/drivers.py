@@ -114,7 +114,7 @@ class Access(NamedTuple):
 
     driver_of: Callable[[Any], Any]
     in_transaction: Callable[[Any], object]  # truthy when the statement runs in an open transaction
-    isolation: Callable[[Any], object]
+    isolation: Callable[[Any], object]  # the adapter's isolation level; psycopg: its autocommit flag
     autocommit: object  # what ``isolation`` gives on an autocommit connection
 
 

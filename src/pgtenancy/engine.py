@@ -327,7 +327,7 @@ class _DriverLevel(_Listeners):
                 setattr(raw, PENDING, (self._queue, sql, record))
         run(cursor, statement, *args)
 
-    def _untracked(self, cursor: Any, binding: object, in_transaction: bool, conn: Connection) -> None:
+    def _untracked(self, cursor: Any, binding: object, in_transaction: object, conn: Connection) -> None:
         """The check for a driver connection made before ``instrument()``: its pool record tracks."""
         fairy = conn.connection
         if not conn.in_transaction():  # set-up SQL: whatever it opens, the next statement applies anew
