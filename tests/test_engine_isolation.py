@@ -13,6 +13,7 @@ from sqlalchemy.orm import sessionmaker
 
 from pgtenancy import engine as engine_module
 from pgtenancy import instrument, is_instrumented, tenant_context, uninstrument, without_tenant
+from pgtenancy.engine import FallbackWarning, instrumentation_path
 from pgtenancy.errors import ConfigurationError, NoTenantError, TenantSwitchError
 from tests.conftest import INT_TENANTS, ROWS_PER_TENANT, TENANTS
 from tests.models import Note
@@ -210,12 +211,14 @@ async def test_set_local_mode_isolates_too(seeded, pgtenancy_engine_factory):
 
 
 @pytest.mark.parametrize("driver", ASYNC_DRIVERS)
-async def test_begin_mode_falls_back_to_engine_events_where_the_driver_cannot_carry_it(
+async def test_a_driver_without_its_adapter_falls_back_to_engine_events_loudly(
     seeded, pgtenancy_engine_factory, driver, monkeypatch
 ):
-    """Another SQLAlchemy or driver without the attributes the BEGIN path reads still isolates."""
-    monkeypatch.setattr(engine_module, "supports_begin", lambda dialect: False)
-    engine = pgtenancy_engine_factory(driver)
+    """Another SQLAlchemy or driver without what the adapter relies on still isolates, and says so."""
+    monkeypatch.setattr(engine_module, "adapter_for", lambda dialect: (None, "no adapter in this test"))
+    with pytest.warns(FallbackWarning, match="no adapter in this test"):
+        engine = pgtenancy_engine_factory(driver)
+    assert instrumentation_path(engine) == "events"
     assert not set(vars(engine.sync_engine.dialect)) & {"connect", "do_execute"}  # no dialect methods
     sent = []
     event.listen(engine.sync_engine, "before_cursor_execute", lambda c, cur, s, *a: sent.append(s))
@@ -228,6 +231,17 @@ async def test_begin_mode_falls_back_to_engine_events_where_the_driver_cannot_ca
         with tenant_context(B), pytest.raises(TenantSwitchError):
             await conn.execute(text("SELECT 1"))
     await engine.dispose()
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg", "psycopg_async"])
+def test_every_supported_driver_takes_the_driver_path(pgtenancy_engine_factory, driver):
+    """A renamed private name in SQLAlchemy or a driver fails here, not silently in throughput."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackWarning)
+        engine = pgtenancy_engine_factory(driver)
+    assert instrumentation_path(engine) == "driver"
 
 
 async def test_unknown_tenant_sees_nothing(seeded, pgtenancy_engine_factory):

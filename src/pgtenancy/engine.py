@@ -2,41 +2,43 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
-from sqlalchemy import Connection, Dialect, Engine, bindparam, event, func, select, true
+from sqlalchemy import Connection, Dialect, Engine, event
 from sqlalchemy.engine.base import OptionEngine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import sessionmaker
 
 from pgtenancy.config import DEFAULT_SETTING, validate_key_type, validate_setting_name, validate_tenant_id
 from pgtenancy.context import NO_TENANT, current_binding
-from pgtenancy.drivers import (
-    APPLIED,
-    NOT_TRACKED,
-    PENDING,
-    READY,
-    Queue,
-    access,
-    prepare_connect,
-    set_local_renderer,
-    supports_begin,
-)
+from pgtenancy.drivers import Adapter, ConnectionState, adapter_for, set_config_renderer, set_local_renderer
 from pgtenancy.errors import (
     AutocommitError,
     ConfigurationError,
     NoTenantError,
+    TenancyError,
     TenantSwitchError,
     UnsafeRoleError,
+    UnsafeStatementError,
 )
 from pgtenancy.roles import verify_dbapi_role
 from pgtenancy.roles import verify_role as _verify_role
+from pgtenancy.statements import CLEAN, Verdict, names_setting, refuse, vet
 
-__all__ = ["Mode", "OnMissing", "TenancyConfig", "instrument", "is_instrumented", "uninstrument"]
+__all__ = [
+    "FallbackWarning",
+    "Mode",
+    "OnMissing",
+    "TenancyConfig",
+    "instrument",
+    "instrumentation_path",
+    "is_instrumented",
+    "uninstrument",
+]
 
 Mode = Literal["begin", "set_config", "set_local"]
 OnMissing = Literal["raise", "empty"]
@@ -48,7 +50,8 @@ _APPLIED: Final = (
 _VERIFIED: Final = (
     "pgtenancy.role_verified"  # connection-record key: the role check passed on this DBAPI connection
 )
-_SET_CONFIG = select(func.set_config(bindparam("setting"), bindparam("value"), true()))
+_APPLYING: Final = "pgtenancy.applying"  # connection-info key: the tenant's own statement is being sent
+_VETTED_MAX: Final = 4096  # statement texts whose verdict an engine remembers
 _instrumented: weakref.WeakKeyDictionary[Engine, _Listeners] = weakref.WeakKeyDictionary()
 
 
@@ -82,13 +85,12 @@ def instrument(
 ) -> Target:
     """Make every transaction on ``target`` carry the bound tenant, transaction-locally.
 
-    Each transaction applies the tenant transaction-locally: with ``mode="begin"`` (default) as
-    ``SET LOCAL setting = 'tenant'`` in the same message as the driver's own ``BEGIN`` where the
-    driver allows it (asyncpg and psycopg 3: checked per statement in front of the engine's own
-    dialect methods, no SQLAlchemy events on the statement path), else
-    as ``SELECT set_config(setting, tenant, true)``; ``mode="set_config"`` always that separate
-    statement; ``mode="set_local"`` a separate ``SET LOCAL`` (for Citus). Idempotent; returns
-    ``target``.
+    With asyncpg and psycopg 3 the driver adapter applies the tenant as the driver sends ``BEGIN``
+    and checks every statement under the driver's own lock, so the check is atomic with sending:
+    ``mode="begin"`` (default) sends ``SET LOCAL setting = 'tenant'`` in ``BEGIN``'s own message,
+    ``mode="set_config"`` a ``SELECT set_config(setting, tenant, true)`` after it, ``mode="set_local"``
+    a separate ``SET LOCAL`` (Citus). Other drivers fall back to SQLAlchemy events, with a
+    ``FallbackWarning``. Statements naming the setting are refused. Idempotent; returns ``target``.
 
     :param target: an ``Engine``, ``AsyncEngine``, ``sessionmaker`` or ``async_sessionmaker`` (its binds).
     :param setting: the custom setting the RLS policies read.
@@ -106,9 +108,35 @@ def instrument(
                     "engine is already instrumented with other options; call uninstrument() first"
                 )
             continue
-        kind = _DriverLevel if config.mode == "begin" and supports_begin(engine.dialect) else _EventLevel
-        _instrumented[engine] = kind(config, engine.dialect).install(engine)
+        adapter, reason = adapter_for(engine.dialect)
+        if adapter is None:
+            warnings.warn(
+                f"{reason}: pgtenancy falls back to SQLAlchemy events, whose check is not atomic with "
+                "sending the statement (a connection shared by concurrent tasks is not guarded)",
+                FallbackWarning,
+                stacklevel=2,
+            )
+            instrumentation: _Listeners = _EventLevel(config, engine.dialect)
+        else:
+            instrumentation = _DriverLevel(config, engine.dialect, adapter)
+        _instrumented[engine] = instrumentation.install(engine)
     return target
+
+
+class FallbackWarning(UserWarning):
+    """pgtenancy cannot use its driver adapter for an engine and guards it with SQLAlchemy events instead."""
+
+
+def instrumentation_path(target: Engine | AsyncEngine | sessionmaker[Any] | async_sessionmaker[Any]) -> str:
+    """``"driver"`` when every engine behind ``target`` is guarded by its driver adapter, ``"events"`` when
+    one falls back to SQLAlchemy events; raises ``ConfigurationError`` when one is not instrumented."""
+    paths = set()
+    for engine in _engines_of(target):
+        instrumentation = _instrumented.get(engine)
+        if instrumentation is None:
+            raise ConfigurationError("the engine is not instrumented: call instrument() first")
+        paths.add("driver" if isinstance(instrumentation, _DriverLevel) else "events")
+    return "events" if "events" in paths else "driver"
 
 
 def uninstrument(target: Engine | AsyncEngine | sessionmaker[Any] | async_sessionmaker[Any]) -> None:
@@ -145,29 +173,38 @@ def _engines_of(target: object) -> list[Engine]:
 
 
 class _Listeners:
-    """Event listeners enforcing one ``TenancyConfig`` on one engine, and the checks they share."""
+    """The tenancy one ``TenancyConfig`` enforces on one engine: resolving bindings and reading statements."""
 
     def __init__(self, config: TenancyConfig, dialect: Dialect) -> None:
         self.config = config
-        self._set_local = set_local_renderer(dialect, config.setting)
-        self._listeners: tuple[tuple[str, Any], ...] = ()
-        # validated value and SET LOCAL text per bound id; typed, so True never passes for 1
-        self._resolve = functools.lru_cache(maxsize=4096, typed=True)(self._value_and_sql)
+        self.active = True  # read by the connections this instrumentation armed; False after uninstrument()
+        self.separate = config.mode != "begin"  # the tenant is applied by a statement of its own
+        self._apply_sql = self._renderer(config.mode)(dialect, config.setting)
+        self._listeners: tuple[tuple[str, Any, bool], ...] = ()
+        self._vetted: dict[str, Verdict] = {}
+        # validated value and the SQL applying it per bound id; typed, so True never passes for 1
+        self.resolve = functools.lru_cache(maxsize=4096, typed=True)(self._value_and_sql)
+
+    @staticmethod
+    def _renderer(mode: Mode) -> Any:
+        """How the tenant's SQL is rendered: ``SET LOCAL``, or ``set_config`` for ``mode="set_config"``."""
+        return set_config_renderer if mode == "set_config" else set_local_renderer
 
     def install(self, engine: Engine) -> _Listeners:
-        for name, listener in self._listeners:
-            event.listen(engine, name, listener)
+        for name, listener, insert in self._listeners:
+            event.listen(engine, name, listener, insert=insert)
         return self
 
     def remove(self, engine: Engine) -> None:
-        for name, listener in self._listeners:
+        self.active = False
+        for name, listener, _ in self._listeners:
             if event.contains(engine, name, listener):
                 event.remove(engine, name, listener)
 
     def _value_and_sql(self, binding: object) -> tuple[str, str]:
-        """The value for ``binding`` (``''`` for no tenant, else the validated id) and its SET LOCAL.
+        """The value for ``binding`` (``''`` for no tenant, else the validated id) and the SQL applying it.
 
-        Called through ``_resolve``, its cache; errors are raised, never cached.
+        Called through ``resolve``, its cache; errors are raised, never cached.
         """
         if binding is None and self.config.on_missing == "raise":
             raise NoTenantError(
@@ -179,18 +216,24 @@ class _Listeners:
             if binding is None or binding is NO_TENANT
             else validate_tenant_id(binding, self.config.key_type)
         )
-        return value, self._set_local(value)
+        return value, self._apply_sql(value)
 
-    def _check_switch(self, applied: tuple[object, str], binding: object) -> None:
-        """Refuse a statement whose context binds another tenant than its transaction carries."""
-        if binding is applied[0]:
-            return
-        value = None if binding is None else self._resolve(binding)[0]
-        if value != applied[1]:
-            raise TenantSwitchError(
-                "this transaction was begun for another tenant than the one bound now; "
-                "use one Session/Connection per tenant context and do not share it across tasks"
+    def _verdict(self, statement: str, args: tuple[Any, ...]) -> Verdict:
+        """Refuse a statement that re-points the setting or ends the transaction; else its verdict."""
+        verdict = self._vetted.get(statement)
+        if verdict is None:
+            verdict = vet(statement, self.config.setting)
+            if len(self._vetted) >= _VETTED_MAX:
+                self._vetted.clear()
+            self._vetted[statement] = verdict
+        if verdict.refusal is not None:
+            raise refuse(verdict)
+        if verdict.set_config and len(args) > 1 and names_setting(args[0], self.config.setting):
+            raise UnsafeStatementError(
+                f"refused before it was sent: set_config is given the tenant setting {self.config.setting!r} "
+                "as a parameter; pgtenancy alone sets it, at BEGIN"
             )
+        return verdict
 
 
 def _autocommit_error() -> AutocommitError:
@@ -200,18 +243,116 @@ def _autocommit_error() -> AutocommitError:
     )
 
 
+class _DriverLevel(_Listeners):
+    """asyncpg and psycopg: the driver adapter applies and checks the tenant under the driver's lock.
+
+    Each connection gets a ``ConnectionState``: its driver's BEGIN carries the tenant bound when it is
+    sent, and every statement sent inside the transaction is checked against that tenant while the
+    driver's lock is held. In front of that, the engine's own dialect methods read each statement
+    (refusing what re-points the setting, noting session state) and refuse, before anything is sent,
+    a binding that cannot be applied and an AUTOCOMMIT connection. They are replaced on the dialect
+    instance, not hooked as dialect events: any dialect event makes SQLAlchemy take its slower
+    event-dispatching path for every statement, measured at ~1 % of a point select.
+    """
+
+    _CHECKED: Final = ("do_execute", "do_execute_no_params", "do_executemany")
+    _OVERRIDDEN: Final = ("connect", *_CHECKED)
+
+    def __init__(self, config: TenancyConfig, dialect: Dialect, adapter: Adapter) -> None:
+        super().__init__(config, dialect)
+        self.adapter = adapter
+        self._state_of = adapter.state_getter(dialect)
+        self._isolation, self._autocommit = adapter.autocommit_getter(dialect)
+        self._listeners = (("connect", self._on_new_connection, True), ("connect", self._on_connect, False))
+
+    def install(self, engine: Engine) -> _Listeners:
+        dialect = engine.dialect
+        if any(name in vars(dialect) for name in self._OVERRIDDEN):
+            raise ConfigurationError("the engine's dialect has methods replaced on it; cannot instrument it")
+        connect, adapter = dialect.connect, self.adapter
+
+        def make_connection(*cargs: Any, **cparams: Any) -> Any:
+            """New driver connections are made able to carry the tenant with their BEGIN."""
+            adapter.connect_params(cparams)
+            return connect(*cargs, **cparams)
+
+        vars(dialect)["connect"] = make_connection
+        for name in self._CHECKED:
+            vars(dialect)[name] = functools.partial(self._checked, getattr(dialect, name))
+        return super().install(engine)
+
+    def remove(self, engine: Engine) -> None:
+        for name in self._OVERRIDDEN:
+            vars(engine.dialect).pop(name, None)
+        super().remove(engine)
+
+    def _on_new_connection(self, dbapi_connection: Any, record: Any) -> None:
+        """Before SQLAlchemy's own set-up statements run on a new connection: govern it, not yet checking."""
+        self.adapter.arm(dbapi_connection, ConnectionState(self, ready=False))
+
+    def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
+        """After SQLAlchemy's set-up: check the role (refuse and close one that bypasses RLS), then check."""
+        if self.config.verify_role:
+            try:
+                verify_dbapi_role(dbapi_connection)
+            except UnsafeRoleError:
+                dbapi_connection.close()
+                raise
+        self.adapter.arm(dbapi_connection, ConnectionState(self, ready=True))
+
+    def _checked(self, run: Any, cursor: Any, statement: str, *args: Any) -> None:
+        """Read the statement and the binding, then ``run`` it (the driver adapter checks it as it is sent)."""
+        try:
+            state = self._state_of(cursor)
+        except AttributeError:  # a driver connection made before instrument()
+            state = None
+        if state is None or state.tenancy is not self:
+            state = self._arm_late(args[-1])  # args end with the execution context
+        if state.ready:
+            verdict = self._vetted.get(statement)
+            if verdict is not CLEAN:
+                verdict = self._verdict(statement, args)
+                if verdict.session_state:
+                    state.mark_dirty(self.resolve(current_binding())[0])
+            self.resolve(current_binding())  # NoTenantError, InvalidTenantError: nothing is sent
+            if self._isolation(cursor) == self._autocommit:
+                raise _autocommit_error()
+        run(cursor, statement, *args)
+
+    def _arm_late(self, context: Any) -> ConnectionState:
+        """Govern a connection made before ``instrument()`` (or under another instrumentation) from now on."""
+        dbapi_connection = context.root_connection.connection.dbapi_connection
+        if self.adapter.in_transaction(dbapi_connection):
+            raise TenancyError(
+                "this connection was opened before instrument() and is inside a transaction whose tenant "
+                "pgtenancy cannot know; roll it back, or instrument the engine before its first use"
+            )
+        state = ConnectionState(self, ready=True)
+        self.adapter.arm(dbapi_connection, state)
+        return state
+
+
 class _EventLevel(_Listeners):
-    """Engine events: check and apply the tenant at ``begin``, check each statement, forget at the end."""
+    """Other drivers: SQLAlchemy events apply the tenant at ``begin`` and check each statement.
+
+    Not atomic with sending (a connection shared by concurrent tasks is not guarded), hence the
+    ``FallbackWarning``; a statement in a transaction that carries no tenant is refused.
+    """
 
     def __init__(self, config: TenancyConfig, dialect: Dialect) -> None:
         super().__init__(config, dialect)
         self._listeners = (
-            ("begin", self._on_begin),
-            ("before_cursor_execute", self._on_statement),
-            ("commit", self._on_end),
-            ("rollback", self._on_end),
-            ("connect", self._on_connect),
+            ("begin", self._on_begin, False),
+            ("before_cursor_execute", self._on_statement, False),
+            ("commit", self._on_end, False),
+            ("rollback", self._on_end, False),
+            ("connect", self._on_connect, False),
         )
+
+    @staticmethod
+    def _renderer(mode: Mode) -> Any:
+        """A separate statement, even for ``mode="begin"``: ``SET LOCAL`` for Citus, else ``set_config``."""
+        return set_local_renderer if mode == "set_local" else set_config_renderer
 
     def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
         """A new DBAPI connection has not been role-checked yet."""
@@ -222,124 +363,43 @@ class _EventLevel(_Listeners):
         info = conn.info
         info.pop(_APPLIED, None)
         binding = current_binding()
-        value, set_local = self._resolve(binding)
+        value, apply = self.resolve(binding)
         if getattr(conn.connection.dbapi_connection, "autocommit", False):
             raise _autocommit_error()
-        if self.config.verify_role and not info.get(_VERIFIED):
-            _verify_role(conn)
-            info[_VERIFIED] = True
-        if self.config.mode == "set_local":
-            conn.exec_driver_sql(set_local)
-        else:
-            conn.execute(_SET_CONFIG, {"setting": self.config.setting, "value": value})
-        info[_APPLIED] = (binding, value)
+        info[_APPLYING] = True  # pgtenancy's own statements: the role check and applying the tenant
+        try:
+            if self.config.verify_role and not info.get(_VERIFIED):
+                _verify_role(conn)
+                info[_VERIFIED] = True
+            conn.exec_driver_sql(apply)
+        finally:
+            del info[_APPLYING]
+        info[_APPLIED] = (
+            binding,
+            value,
+        )  # not set when applying failed: the transaction's statements are refused
 
-    def _on_statement(self, conn: Connection, *args: Any) -> None:
-        applied = conn.info.get(_APPLIED)
-        if applied is not None:
-            self._check_switch(applied, current_binding())
+    def _on_statement(
+        self, conn: Connection, cursor: Any, statement: str, parameters: Any, *args: Any
+    ) -> None:
+        info = conn.info
+        applied = info.get(_APPLIED)
+        if applied is None:
+            if info.get(_APPLYING):
+                return
+            raise NoTenantError(
+                "this transaction carries no tenant (applying it failed, or it was not begun by SQLAlchemy); "
+                "roll it back and begin a new one"
+            )
+        self._verdict(statement, (parameters, None))
+        binding = current_binding()
+        if binding is not applied[0] and self.resolve(binding)[0] != applied[1]:
+            raise TenantSwitchError(
+                "this transaction was begun for another tenant than the one bound now; "
+                "use one Session/Connection per tenant context and do not share it across tasks"
+            )
 
     def _on_end(self, conn: Connection) -> None:
         """The transaction is over: forget its tenant (an invalidated connection has nothing to forget)."""
         if not conn.invalidated:
             conn.info.pop(_APPLIED, None)
-
-
-class _DriverLevel(_Listeners):
-    """asyncpg and psycopg, ``mode="begin"``: the engine's dialect checks every statement itself.
-
-    Before each statement, what decides whether the driver sends ``BEGIN`` first (asyncpg: the
-    SQLAlchemy adapter's transaction; psycopg: libpq's status) tells whether the statement begins a
-    transaction: then the tenant is checked and queued as ``SET LOCAL`` to ride on that ``BEGIN``;
-    otherwise the statement is checked against the tenant applied.
-
-    The check is installed on the engine's own dialect instance, in front of its ``connect`` and
-    ``do_execute*`` methods, not as dialect events: any dialect event makes SQLAlchemy take its
-    slower event-dispatching path for every statement, measured at ~1 % of a point select.
-    """
-
-    _CHECKED: Final = ("do_execute", "do_execute_no_params", "do_executemany")
-    _OVERRIDDEN: Final = ("connect", *_CHECKED)
-
-    def __init__(self, config: TenancyConfig, dialect: Dialect) -> None:
-        super().__init__(config, dialect)
-        self._queue = Queue()
-        self._driver_of, self._in_transaction, self._isolation, self._autocommit = access(dialect)
-        self._listeners = (("connect", self._on_connect),)
-
-    def install(self, engine: Engine) -> _Listeners:
-        dialect = engine.dialect
-        if any(name in vars(dialect) for name in self._OVERRIDDEN):
-            raise ConfigurationError("the engine's dialect has methods replaced on it; cannot instrument it")
-        connect = dialect.connect
-
-        def make_connection(*cargs: Any, **cparams: Any) -> Any:
-            """New driver connections are made able to carry the tenant with their BEGIN."""
-            made = prepare_connect(dialect, cargs, cparams)
-            return connect(*cargs, **cparams) if made is None else made
-
-        vars(dialect)["connect"] = make_connection
-        for name in self._CHECKED:
-            vars(dialect)[name] = functools.partial(self._checked, getattr(dialect, name))
-        return super().install(engine)
-
-    def remove(self, engine: Engine) -> None:
-        self._queue.open = False
-        for name in self._OVERRIDDEN:
-            vars(engine.dialect).pop(name, None)
-        super().remove(engine)
-
-    def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
-        """Check the role once per new connection (refuse and close one that bypasses RLS); mark it ready.
-
-        The pool runs this after SQLAlchemy's own set-up statements, which must not carry a tenant.
-        """
-        if self.config.verify_role:
-            try:
-                verify_dbapi_role(dbapi_connection)
-            except UnsafeRoleError:
-                dbapi_connection.close()
-                raise
-        raw = getattr(dbapi_connection, "driver_connection", dbapi_connection)  # async: the adapted driver's
-        if getattr(raw, READY, None) is False:
-            setattr(raw, READY, True)
-
-    def _checked(self, run: Any, cursor: Any, statement: str, *args: Any) -> None:
-        """Check the statement against its transaction's tenant, or queue the tenant; then ``run`` it."""
-        raw = self._driver_of(cursor)
-        binding = current_binding()
-        applied = getattr(raw, APPLIED, NOT_TRACKED)  # set by the BEGIN that opened the transaction
-        in_transaction = self._in_transaction(cursor)
-        if in_transaction and applied is not None and applied is not NOT_TRACKED:
-            if binding is not applied[0]:
-                self._check_switch(applied, binding)
-        elif applied is NOT_TRACKED:  # args end with the execution context
-            self._untracked(cursor, binding, in_transaction, args[-1].root_connection)
-        elif getattr(raw, READY):  # else SQLAlchemy's set-up: its BEGIN carries nothing
-            value, sql = self._resolve(binding)
-            if self._isolation(cursor) == self._autocommit:
-                raise _autocommit_error()
-            record = (binding, value)
-            if in_transaction:  # a transaction whose BEGIN carried no tenant: apply it now
-                cursor.execute(sql)
-                setattr(raw, APPLIED, record)
-            else:
-                setattr(raw, PENDING, (self._queue, sql, record))
-        run(cursor, statement, *args)
-
-    def _untracked(self, cursor: Any, binding: object, in_transaction: object, conn: Connection) -> None:
-        """The check for a driver connection made before ``instrument()``: its pool record tracks."""
-        fairy = conn.connection
-        if not conn.in_transaction():  # set-up SQL: whatever it opens, the next statement applies anew
-            with contextlib.suppress(NotImplementedError):  # the set-up's ad hoc proxy has no info
-                fairy.info.pop(_APPLIED, None)
-            return
-        applied = fairy.info.get(_APPLIED)
-        if in_transaction and applied is not None:
-            self._check_switch(applied, binding)
-            return
-        value, sql = self._resolve(binding)
-        if self._isolation(cursor) == self._autocommit:
-            raise _autocommit_error()
-        cursor.execute(sql)
-        fairy.info[_APPLIED] = (binding, value)

@@ -10,6 +10,7 @@ __all__ = [
     "TenancyError",
     "TenantSwitchError",
     "UnsafeRoleError",
+    "UnsafeStatementError",
 ]
 
 
@@ -39,3 +40,7 @@ class AutocommitError(TenancyError):
 
 class UnsafeRoleError(TenancyError):
     """The connected database role would bypass row-level security."""
+
+
+class UnsafeStatementError(TenancyError):
+    """A statement would re-point the tenant setting or end the transaction carrying it; it was not sent."""

@@ -1,0 +1,194 @@
+"""asyncpg: the tenant rides on the BEGIN that SQLAlchemy's adapter sends, checked under the adapter's lock.
+
+Private names relied on (verified with SQLAlchemy 2.0.58 and 2.1.9, asyncpg 0.29 to 0.32):
+
+- SQLAlchemy's ``AsyncAdapt_asyncpg_connection``: ``_execute_mutex`` (the ``asyncio.Lock`` every statement
+  of the adapter is sent under, replaced by a subclass that checks the tenant once it holds it),
+  ``_connection`` (asyncpg's connection) and ``isolation_level`` (``"autocommit"``: no BEGIN is sent);
+- SQLAlchemy's ``AsyncAdapt_asyncpg_cursor``: ``_connection`` and ``_adapt_connection``.
+
+asyncpg itself is used through public names only: ``connect(connection_class=...)``, ``Connection.execute``
+(which asyncpg's ``Transaction`` sends ``BEGIN``, ``COMMIT`` and ``ROLLBACK`` through) and
+``Connection.is_in_transaction``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import weakref
+from typing import Any, Final
+
+from sqlalchemy import Dialect
+
+from pgtenancy.drivers.state import ConnectionState
+from pgtenancy.errors import AutocommitError, ConfigurationError
+
+__all__ = [
+    "NAME",
+    "PRIVATE_NAMES",
+    "arm",
+    "autocommit_getter",
+    "available",
+    "connect_params",
+    "in_transaction",
+    "state_getter",
+]
+
+NAME: Final = "asyncpg"
+PRIVATE_NAMES: Final = (
+    "sqlalchemy AsyncAdapt_asyncpg_connection._execute_mutex",
+    "sqlalchemy AsyncAdapt_asyncpg_connection._connection",
+    "sqlalchemy AsyncAdapt_asyncpg_connection.isolation_level",
+    "sqlalchemy AsyncAdapt_asyncpg_cursor._connection",
+    "sqlalchemy AsyncAdapt_asyncpg_cursor._adapt_connection",
+)
+_ENDS: Final = frozenset({"COMMIT;", "ROLLBACK;", "COMMIT", "ROLLBACK"})  # what asyncpg's Transaction sends
+_subclasses: dict[tuple[type, bool], type] = {}
+_states: weakref.WeakKeyDictionary[Any, ConnectionState] = weakref.WeakKeyDictionary()
+
+
+def available(dialect: Dialect) -> str | None:
+    """``None`` when the names above exist in the installed SQLAlchemy, else what is missing."""
+    from sqlalchemy.dialects.postgresql.asyncpg import (
+        AsyncAdapt_asyncpg_connection,
+        AsyncAdapt_asyncpg_cursor,
+    )
+
+    missing = [
+        name
+        for cls, names in (
+            (AsyncAdapt_asyncpg_connection, ("_execute_mutex", "_connection", "isolation_level")),
+            (AsyncAdapt_asyncpg_cursor, ("_connection", "_adapt_connection")),
+        )
+        for name in names
+        if name not in _slots(cls)
+    ]
+    return ", ".join(missing) or None
+
+
+def _slots(cls: type) -> set[str]:
+    return {slot for klass in cls.__mro__ for slot in getattr(klass, "__slots__", ())}
+
+
+def state_getter(dialect: Dialect) -> Any:
+    """Reads the ``ConnectionState`` of asyncpg's connection behind SQLAlchemy's adapted cursor, in C."""
+    return operator.attrgetter("_connection._pgtenancy")
+
+
+def autocommit_getter(dialect: Dialect) -> tuple[Any, object]:
+    """Reads the adapter's isolation level from the cursor, and the value it has in autocommit mode."""
+    return operator.attrgetter("_adapt_connection.isolation_level"), "autocommit"
+
+
+def connect_params(cparams: dict[str, Any]) -> None:
+    """Make SQLAlchemy's own connect use a connection class that carries the tenant with BEGIN."""
+    import asyncpg
+
+    cparams["connection_class"] = _tenant_aware(cparams.get("connection_class", asyncpg.Connection), True)
+
+
+def in_transaction(dbapi_connection: Any) -> bool:
+    """Whether the server holds a transaction open on this adapted connection."""
+    return bool(dbapi_connection._connection.is_in_transaction())
+
+
+def arm(dbapi_connection: Any, state: ConnectionState) -> None:
+    """Govern SQLAlchemy's adapted connection by ``state``: its BEGINs carry the tenant, statements are checked.
+
+    A connection made outside SQLAlchemy's connect (``async_creator``, or before ``instrument()``) gets
+    the same behaviour through a subclass without instance storage, its state kept aside.
+    """
+    driver = dbapi_connection._connection
+    cls = type(driver)
+    if not issubclass(cls, _Hooks):
+        try:
+            driver.__class__ = _tenant_aware(cls, False)
+        except TypeError as error:
+            raise ConfigurationError(
+                f"cannot instrument connections of class {cls.__qualname__}: {error}; "
+                "let SQLAlchemy make the connections (no async_creator returning this class)"
+            ) from error
+    driver._pgtenancy = state
+    mutex = dbapi_connection._execute_mutex
+    if isinstance(mutex, _CheckedMutex):
+        mutex.state = state
+    else:
+        dbapi_connection._execute_mutex = _CheckedMutex(state, dbapi_connection)
+
+
+class _CheckedMutex(asyncio.Lock):
+    """The adapter's statement lock; once held, the statement is checked against its transaction's tenant."""
+
+    def __init__(self, state: ConnectionState, adapter: Any) -> None:
+        super().__init__()
+        self.state = state
+        self._adapter = adapter  # a cycle with the adapter, collected with it
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+        state = self.state
+        try:
+            if state.applied is not None:
+                state.check()
+            elif state.ready and state.tenancy.active and self._adapter.isolation_level == "autocommit":
+                raise AutocommitError(
+                    "an AUTOCOMMIT connection cannot carry a transaction-local tenant; "
+                    "use the default isolation level on tenant engines"
+                )
+        except BaseException:
+            self.release()
+            raise
+
+
+class _Hooks:
+    """``execute`` of asyncpg's connection: BEGIN carries the tenant, COMMIT and ROLLBACK end it."""
+
+    __slots__ = ()
+    _pgtenancy: ConnectionState | None
+    _base_execute: Any
+
+    def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        # asyncpg's coroutine function, called as a plain function: no extra frame on COMMIT and ROLLBACK
+        state = self._pgtenancy
+        if state is None or args or kwargs:
+            return self._base_execute(query, *args, **kwargs)
+        if query.startswith("BEGIN"):
+            reset, apply = state.begin()
+            if reset is not None:
+                query = reset + "; " + query
+            if apply is None:
+                return self._base_execute(query)
+            if state.tenancy.separate:
+                return self._begin_then(query, apply)
+            return self._base_execute(query + " " + apply)
+        if query in _ENDS:
+            state.applied = None
+        return self._base_execute(query)
+
+    async def _begin_then(self, begin: str, apply: str) -> Any:
+        """``mode="set_config"``/``"set_local"``: the tenant applied by a statement of its own."""
+        result = await self._base_execute(begin)
+        await self._base_execute(apply)
+        return result
+
+
+def _tenant_aware(base: type, storage: bool) -> type:
+    """A subclass of asyncpg's ``Connection`` class ``base`` with pgtenancy's hooks.
+
+    ``storage``: instances keep their state in an attribute of their own (connections pgtenancy makes);
+    without it the subclass adds nothing to the layout, so an existing connection can be given it.
+    """
+    if issubclass(base, _Hooks):
+        return base
+    subclass = _subclasses.get((base, storage))
+    if subclass is not None:
+        return subclass
+    namespace: dict[str, Any] = {"_base_execute": base.execute}
+    if storage:
+        namespace["_pgtenancy"] = None
+    else:
+        namespace["__slots__"] = ()
+        namespace["_pgtenancy"] = property(_states.get, _states.__setitem__)
+    subclass = _subclasses[base, storage] = type("TenantAwareConnection", (_Hooks, base), namespace)
+    return subclass

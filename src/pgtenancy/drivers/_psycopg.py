@@ -1,0 +1,145 @@
+"""psycopg 3 (sync and async): the tenant rides on psycopg's own BEGIN, checked under psycopg's lock.
+
+psycopg sends ``BEGIN`` from ``_start_query``, which every statement of a cursor (execute, executemany,
+stream, copy, server-side cursors) passes through while it holds the connection's lock. pgtenancy gives
+the connection a subclass whose ``_start_query`` sends the tenant with that BEGIN and checks every
+statement sent inside the transaction against the tenant it carries.
+
+Private names relied on (verified with psycopg 3.2.x and 3.3.9, SQLAlchemy 2.0.58 and 2.1.9):
+
+- psycopg's ``BaseConnection``: ``_start_query``, ``_get_tx_start_command``, ``_exec_command``,
+  ``_pipeline`` and ``_autocommit``; ``Cursor._conn``;
+- SQLAlchemy's ``AsyncAdapt_psycopg_connection._connection`` and ``AsyncAdapt_psycopg_cursor._connection``.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Final
+
+from sqlalchemy import Dialect
+
+from pgtenancy.drivers.state import RESET_SESSION, ConnectionState
+from pgtenancy.errors import ConfigurationError
+
+__all__ = [
+    "NAME",
+    "PRIVATE_NAMES",
+    "arm",
+    "autocommit_getter",
+    "available",
+    "connect_params",
+    "in_transaction",
+    "state_getter",
+]
+
+NAME: Final = "psycopg"
+PRIVATE_NAMES: Final = (
+    "psycopg BaseConnection._start_query",
+    "psycopg BaseConnection._get_tx_start_command",
+    "psycopg BaseConnection._exec_command",
+    "psycopg BaseConnection._pipeline",
+    "psycopg BaseConnection._autocommit",
+    "psycopg Cursor._conn",
+    "sqlalchemy AsyncAdapt_psycopg_connection._connection",
+    "sqlalchemy AsyncAdapt_psycopg_cursor._connection",
+)
+_HOOKS: Final = ("_start_query", "_get_tx_start_command", "_exec_command")
+_subclasses: dict[type, type] = {}
+
+
+def available(dialect: Dialect) -> str | None:
+    """``None`` when the class-level names above exist in the installed psycopg and SQLAlchemy, else what is
+    missing (the instance attributes are checked on each connection as it is armed)."""
+    import psycopg
+
+    missing = [name for name in _HOOKS if not hasattr(psycopg.Connection, name)]
+    if dialect.is_async:
+        from sqlalchemy.dialects.postgresql.psycopg import AsyncAdapt_psycopg_cursor
+
+        slots = {slot for cls in AsyncAdapt_psycopg_cursor.__mro__ for slot in getattr(cls, "__slots__", ())}
+        if "_connection" not in slots:
+            missing.append("AsyncAdapt_psycopg_cursor._connection")
+    return ", ".join(missing) or None
+
+
+def state_getter(dialect: Dialect) -> Any:
+    """Reads the ``ConnectionState`` of psycopg's connection from a DBAPI cursor of ``dialect``, in C."""
+    return operator.attrgetter(("_connection" if dialect.is_async else "_conn") + "._pgtenancy")
+
+
+def autocommit_getter(dialect: Dialect) -> tuple[Any, object]:
+    """Reads psycopg's autocommit flag from a DBAPI cursor of ``dialect``, and its value in autocommit mode."""
+    return operator.attrgetter(("_connection" if dialect.is_async else "_conn") + "._autocommit"), True
+
+
+def connect_params(cparams: dict[str, Any]) -> None:
+    """Nothing to change: psycopg's connections are given their subclass as they are armed."""
+
+
+def _driver(dbapi_connection: Any) -> Any:
+    return getattr(dbapi_connection, "_connection", dbapi_connection)  # async: behind SQLAlchemy's adapter
+
+
+def in_transaction(dbapi_connection: Any) -> bool:
+    """Whether libpq reports a transaction open (or a query in flight) on the connection."""
+    return bool(_driver(dbapi_connection).pgconn.transaction_status)
+
+
+def arm(dbapi_connection: Any, state: ConnectionState) -> None:
+    """Govern psycopg's connection by ``state``: its BEGINs carry the tenant, statements are checked."""
+    driver = _driver(dbapi_connection)
+    absent = [name for name in ("_pipeline", "_autocommit", "pgconn") if not hasattr(driver, name)]
+    if absent:
+        raise ConfigurationError(
+            f"this psycopg has no {', '.join(absent)} on its connections; cannot govern them"
+        )
+    cls = type(driver)
+    if cls not in _subclasses.values():
+        try:
+            driver.__class__ = _tenant_aware(cls)
+        except TypeError as error:
+            raise ConfigurationError(
+                f"cannot instrument connections of class {cls.__qualname__}: {error}"
+            ) from error
+    driver._pgtenancy = state
+
+
+def _tenant_aware(base: type) -> type:
+    """A subclass of psycopg's (Async)Connection ``base`` whose ``_start_query`` carries and checks the tenant."""
+    subclass = _subclasses.get(base)
+    if subclass is not None:
+        return subclass
+    from psycopg import errors, generators, pq
+
+    idle, fatal = pq.TransactionStatus.IDLE, pq.ExecStatus.FATAL_ERROR
+    reset = tuple(statement.encode() for statement in RESET_SESSION)
+
+    class TenantAwarePsycopg(base):  # type: ignore[misc, valid-type]
+        _pgtenancy: ConnectionState | None = None
+
+        def _start_query(self) -> Any:
+            state = self._pgtenancy
+            if state is None or self._autocommit:
+                return (yield from super()._start_query())  # not governed, or no BEGIN (refused above us)
+            if self.pgconn.transaction_status != idle:
+                state.check_opened()
+                return None
+            reset_sql, apply = state.begin()
+            if reset_sql is not None:
+                for statement in reset:
+                    yield from self._exec_command(statement)
+            if apply is None:
+                return (yield from super()._start_query())
+            if self._pipeline or state.tenancy.separate:  # pipeline mode queues one command at a time
+                yield from super()._start_query()
+                yield from self._exec_command(apply.encode())
+                return None
+            self.pgconn.send_query(self._get_tx_start_command() + b"; " + apply.encode())
+            for result in (yield from generators.execute(self.pgconn)):
+                if result.status == fatal:
+                    raise errors.error_from_result(result, encoding=self.info.encoding)
+            return None
+
+    subclass = _subclasses[base] = TenantAwarePsycopg
+    return subclass

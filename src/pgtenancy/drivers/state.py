@@ -1,0 +1,121 @@
+"""pgtenancy's own record of one driver connection, read and written under the driver's lock.
+
+The driver adapters call ``begin()`` as the driver sends ``BEGIN`` and ``check()`` before every
+statement sent inside a transaction, both while they hold the lock that orders the connection's
+messages. So the tenant a statement is checked against is the tenant of the transaction it is
+sent in, whatever other tasks or threads sharing the connection do meanwhile.
+"""
+
+from __future__ import annotations
+
+from typing import Final, NamedTuple, Protocol
+
+from pgtenancy.context import current_binding
+from pgtenancy.errors import NoTenantError, TenancyError, TenantSwitchError
+
+__all__ = ["RESET_SESSION", "Applied", "ConnectionState", "Tenancy"]
+
+RESET_SESSION: Final = (
+    "CLOSE ALL",
+    "UNLISTEN *",
+    "SELECT pg_catalog.pg_advisory_unlock_all()",
+    "DISCARD TEMP",
+    "RESET ALL",
+)
+"""Drops what a session keeps between transactions, short of the driver's own prepared statements."""
+
+
+class Tenancy(Protocol):
+    """What a connection's state needs from the engine's instrumentation."""
+
+    active: bool  # False once ``uninstrument()`` ran: the connection is no longer governed
+    separate: bool  # the tenant is applied by a statement of its own after BEGIN, not in BEGIN's message
+
+    def resolve(self, binding: object) -> tuple[str, str]:
+        """The value for ``binding`` and the SQL applying it; raises ``NoTenantError``/``InvalidTenantError``."""
+        ...
+
+
+class Applied(NamedTuple):
+    """The tenant one transaction carries, fixed by the BEGIN that opened it."""
+
+    binding: object  # the context's binding object when BEGIN was sent
+    value: str | None  # its canonical value ('' for no tenant); None: the transaction carries none
+    error: TenancyError | None  # why the binding could not be applied (raised at the first statement)
+
+
+_UNGOVERNED: Final = Applied(None, None, None)
+
+
+class ConnectionState:
+    """One driver connection: the instrumentation governing it, and what its open transaction carries."""
+
+    __slots__ = ("applied", "dirty", "ready", "tenancy")
+
+    def __init__(self, tenancy: Tenancy, *, ready: bool) -> None:
+        self.tenancy = tenancy
+        self.ready = ready  # False while SQLAlchemy's own set-up runs on a new connection
+        self.applied: Applied | None = None  # None: no transaction that pgtenancy opened is open
+        self.dirty: str | None = None  # the tenant value under which session state was created
+
+    def begin(self) -> tuple[str | None, str | None]:
+        """BEGIN is being sent: record the tenant it carries; return (reset SQL, SQL applying the tenant).
+
+        Never raises, so that a BEGIN SQLAlchemy sends for itself (a pool ping) still goes out; a
+        binding that cannot be applied is raised at the transaction's first statement instead.
+        """
+        tenancy = self.tenancy
+        if not (self.ready and tenancy.active):
+            self.applied = _UNGOVERNED
+            return None, None
+        binding = current_binding()
+        try:
+            value, apply = tenancy.resolve(binding)
+        except TenancyError as error:
+            self.applied = Applied(binding, None, error)
+            return None, None
+        self.applied = Applied(binding, value, None)
+        dirty = self.dirty
+        if dirty is None or dirty == value:
+            return None, apply
+        self.dirty = None  # another tenant's session state is dropped before its transaction begins
+        return "; ".join(RESET_SESSION), apply
+
+    def check(self) -> None:
+        """A statement is about to be sent inside the open transaction: refuse it unless it carries the binding."""
+        applied = self.applied
+        if applied is not None and (current_binding() is not applied.binding or applied.value is None):
+            self._check(applied)
+
+    def check_opened(self) -> None:
+        """``check()`` for a driver that sends no BEGIN now: a transaction pgtenancy did not open is refused."""
+        if self.applied is None:
+            if self.ready and self.tenancy.active:
+                raise TenancyError(
+                    "this transaction was not begun by pgtenancy and carries no tenant; "
+                    "let SQLAlchemy begin transactions (no BEGIN sent as SQL)"
+                )
+            return
+        self.check()
+
+    def _check(self, applied: Applied) -> None:
+        tenancy = self.tenancy
+        if not (self.ready and tenancy.active):
+            return
+        if applied.error is not None:
+            raise type(applied.error)(*applied.error.args)
+        if applied.value is None:
+            raise NoTenantError(
+                "this transaction began before the connection was ready and carries no tenant; "
+                "commit or roll it back first"
+            )
+        binding = current_binding()
+        if tenancy.resolve(binding)[0] != applied.value:
+            raise TenantSwitchError(
+                "this transaction was begun for another tenant than the one bound now; "
+                "use one Session/Connection per tenant context and do not share it across tasks"
+            )
+
+    def mark_dirty(self, value: str) -> None:
+        """The transaction created state that outlives it (temp tables, session settings...)."""
+        self.dirty = value
