@@ -301,7 +301,7 @@ class _DriverLevel(_Listeners):
         self.adapter.arm(dbapi_connection, ConnectionState(self, ready=True))
 
     def _checked(self, run: Any, cursor: Any, statement: str, *args: Any) -> None:
-        """Read the statement and the binding, then ``run`` it (the driver adapter checks it as it is sent)."""
+        """Read the statement and the binding, then ``run`` it (the driver adapter checks it as sent)."""
         try:
             state = self._state_of(cursor)
         except AttributeError:  # a driver connection made before instrument()

@@ -1,4 +1,4 @@
-"""Reading a statement's text before it is sent: what would re-point the tenant, and what outlives a transaction.
+"""Reading a statement before it is sent: what would re-point the tenant, and what outlives a transaction.
 
 The tenant setting is only as strong as the SQL that can change it. A statement sent through an
 instrumented engine that names the setting anywhere but in ``current_setting(...)`` (``SET``, ``SET LOCAL``,
@@ -55,8 +55,8 @@ def vet(statement: str, setting: str) -> Verdict:
     lowered = statement.lower()
     if _repoints(lowered, setting):
         return Verdict(
-            f"the statement names the tenant setting {setting!r} other than to read it with current_setting(); "
-            "pgtenancy alone sets it, at BEGIN",
+            f"the statement names the tenant setting {setting!r} other than to read it with "
+            "current_setting(); pgtenancy alone sets it, at BEGIN",
             False,
             False,
         )

@@ -94,7 +94,7 @@ def in_transaction(dbapi_connection: Any) -> bool:
 
 
 def arm(dbapi_connection: Any, state: ConnectionState) -> None:
-    """Govern SQLAlchemy's adapted connection by ``state``: its BEGINs carry the tenant, statements are checked.
+    """Govern SQLAlchemy's adapted connection by ``state``: BEGIN carries the tenant, statements are checked.
 
     A connection made outside SQLAlchemy's connect (``async_creator``, or before ``instrument()``) gets
     the same behaviour through a subclass without instance storage, its state kept aside.

@@ -69,7 +69,7 @@ def state_getter(dialect: Dialect) -> Any:
 
 
 def autocommit_getter(dialect: Dialect) -> tuple[Any, object]:
-    """Reads psycopg's autocommit flag from a DBAPI cursor of ``dialect``, and its value in autocommit mode."""
+    """Reads psycopg's autocommit flag from a DBAPI cursor of ``dialect``, and its autocommit value."""
     return operator.attrgetter(("_connection" if dialect.is_async else "_conn") + "._autocommit"), True
 
 
@@ -106,7 +106,7 @@ def arm(dbapi_connection: Any, state: ConnectionState) -> None:
 
 
 def _tenant_aware(base: type) -> type:
-    """A subclass of psycopg's (Async)Connection ``base`` whose ``_start_query`` carries and checks the tenant."""
+    """A subclass of psycopg's (Async)Connection ``base``: ``_start_query`` carries and checks the tenant."""
     subclass = _subclasses.get(base)
     if subclass is not None:
         return subclass

@@ -32,7 +32,7 @@ class Tenancy(Protocol):
     separate: bool  # the tenant is applied by a statement of its own after BEGIN, not in BEGIN's message
 
     def resolve(self, binding: object) -> tuple[str, str]:
-        """The value for ``binding`` and the SQL applying it; raises ``NoTenantError``/``InvalidTenantError``."""
+        """The value for ``binding`` and the SQL applying it; raises a ``TenancyError`` if it cannot apply."""
         ...
 
 
@@ -82,13 +82,13 @@ class ConnectionState:
         return "; ".join(RESET_SESSION), apply
 
     def check(self) -> None:
-        """A statement is about to be sent inside the open transaction: refuse it unless it carries the binding."""
+        """A statement is about to be sent in the open transaction: refused unless it carries the binding."""
         applied = self.applied
         if applied is not None and (current_binding() is not applied.binding or applied.value is None):
             self._check(applied)
 
     def check_opened(self) -> None:
-        """``check()`` for a driver that sends no BEGIN now: a transaction pgtenancy did not open is refused."""
+        """``check()`` when no BEGIN is sent now: a transaction that pgtenancy did not open is refused."""
         if self.applied is None:
             if self.ready and self.tenancy.active:
                 raise TenancyError(
