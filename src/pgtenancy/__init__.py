@@ -2,7 +2,14 @@
 
 from pgtenancy.config import DEFAULT_SETTING, validate_tenant_id
 from pgtenancy.context import current_tenant_id, tenant_context, without_tenant
-from pgtenancy.engine import TenancyConfig, instrument, is_instrumented, uninstrument
+from pgtenancy.engine import (
+    FallbackWarning,
+    TenancyConfig,
+    instrument,
+    instrumentation_path,
+    is_instrumented,
+    uninstrument,
+)
 from pgtenancy.errors import (
     AutocommitError,
     ConfigurationError,
@@ -11,6 +18,7 @@ from pgtenancy.errors import (
     TenancyError,
     TenantSwitchError,
     UnsafeRoleError,
+    UnsafeStatementError,
 )
 from pgtenancy.orm import TenantMixin, tenant_column
 from pgtenancy.pruning import disable_tenant_criteria, enable_tenant_criteria
@@ -19,6 +27,7 @@ __all__ = [
     "DEFAULT_SETTING",
     "AutocommitError",
     "ConfigurationError",
+    "FallbackWarning",
     "InvalidTenantError",
     "NoTenantError",
     "TenancyConfig",
@@ -26,10 +35,12 @@ __all__ = [
     "TenantMixin",
     "TenantSwitchError",
     "UnsafeRoleError",
+    "UnsafeStatementError",
     "current_tenant_id",
     "disable_tenant_criteria",
     "enable_tenant_criteria",
     "instrument",
+    "instrumentation_path",
     "is_instrumented",
     "tenant_column",
     "tenant_context",

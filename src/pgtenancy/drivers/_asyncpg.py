@@ -155,19 +155,22 @@ class _Hooks:
             return self._base_execute(query, *args, **kwargs)
         if query.startswith("BEGIN"):
             reset, apply = state.begin()
-            if reset is not None:
-                query = reset + "; " + query
+            if reset is not None or (apply is not None and state.tenancy.separate):
+                return self._in_steps(reset, query, apply)
             if apply is None:
                 return self._base_execute(query)
-            if state.tenancy.separate:
-                return self._begin_then(query, apply)
             return self._base_execute(query + " " + apply)
         if query in _ENDS:
             state.applied = None
         return self._base_execute(query)
 
-    async def _begin_then(self, begin: str, apply: str) -> Any:
-        """``mode="set_config"``/``"set_local"``: the tenant applied by a statement of its own."""
+    async def _in_steps(self, reset: str | None, begin: str, apply: str | None) -> Any:
+        """A reset before BEGIN (its own message: committed even if the transaction is rolled back), or
+        ``mode="set_config"``/``"set_local"``: the tenant applied by a statement of its own after BEGIN."""
+        if reset is not None:
+            await self._base_execute(reset)
+        if apply is None or not self._pgtenancy.tenancy.separate:
+            return await self._base_execute(begin if apply is None else begin + " " + apply)
         result = await self._base_execute(begin)
         await self._base_execute(apply)
         return result
