@@ -1,4 +1,4 @@
-"""SQL that would re-point the tenant setting, or end the transaction carrying it, is refused before it is sent.
+"""SQL that would re-point the tenant setting, or end the transaction carrying it, is refused unsent.
 
 This is the path an SQL injection takes: one injectable query re-points the setting to another tenant.
 """

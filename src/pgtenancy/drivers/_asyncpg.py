@@ -172,7 +172,11 @@ class _Hooks:
         if apply is None or not self._pgtenancy.tenancy.separate:
             return await self._base_execute(begin if apply is None else begin + " " + apply)
         result = await self._base_execute(begin)
-        await self._base_execute(apply)
+        try:
+            await self._base_execute(apply)
+        except BaseException:
+            self._pgtenancy.failed()  # the open transaction carries no tenant: its statements are refused
+            raise
         return result
 
 

@@ -133,7 +133,11 @@ def _tenant_aware(base: type) -> type:
                 return (yield from super()._start_query())
             if self._pipeline or state.tenancy.separate:  # pipeline mode queues one command at a time
                 yield from super()._start_query()
-                yield from self._exec_command(apply.encode())
+                try:
+                    yield from self._exec_command(apply.encode())
+                except BaseException:
+                    state.failed()  # the open transaction carries no tenant: its statements are refused
+                    raise
                 return None
             self.pgconn.send_query(self._get_tx_start_command() + b"; " + apply.encode())
             for result in (yield from generators.execute(self.pgconn)):

@@ -116,6 +116,12 @@ class ConnectionState:
                 "use one Session/Connection per tenant context and do not share it across tasks"
             )
 
+    def failed(self) -> None:
+        """The statement applying the tenant after BEGIN failed: refuse the transaction's statements."""
+        self.applied = Applied(
+            None, None, NoTenantError("applying the tenant to this transaction failed; roll it back first")
+        )
+
     def mark_dirty(self, value: str) -> None:
         """The transaction created state that outlives it (temp tables, session settings...)."""
         self.dirty = value
