@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -103,11 +106,21 @@ def start_embedded(directory: Path | None = None, *, keep_data: bool = False) ->
         query={"host": str(info.socket_dir), "port": str(info.port)},
     )
     _tune(url)
+    temporary = directory is None and not keep_data
+    watchdog = subprocess.Popen(  # stops the server if this process dies without stopping it
+        [sys.executable, "-m", "pgtenancy.testing.watchdog", str(info.pid), *([str(root)] if temporary else [])],
+        stdin=subprocess.PIPE,
+        start_new_session=True,
+    )
 
     def stop() -> None:
         server.cleanup()
-        if directory is None and not keep_data:
+        if temporary:
             shutil.rmtree(root, ignore_errors=True)
+        with contextlib.suppress(OSError, AttributeError):  # AttributeError: no pipe to write to
+            watchdog.stdin.write(b"stop\n")  # type: ignore[union-attr]
+            watchdog.stdin.close()  # type: ignore[union-attr]
+        watchdog.wait(timeout=10)
 
     return TestServer(admin_url=url, source="embedded", _stop=stop)
 
