@@ -80,7 +80,8 @@ class RoleInfo:
 
 def _table_oid(conn: Connection, table: str, schema: str | None) -> int | None:
     """The oid of ``table`` (found through the ``search_path`` when ``schema`` is None), or None."""
-    return conn.execute(_TABLE_OID, {"table": table, "schema": schema}).scalar_one()
+    oid: int | None = conn.execute(_TABLE_OID, {"table": table, "schema": schema}).scalar_one()
+    return oid
 
 
 _TABLE_SECURITY = text(

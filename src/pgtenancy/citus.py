@@ -34,7 +34,7 @@ __all__ = [
 
 DistributionKind = Literal["distributed", "reference", "local"]
 
-_PREPARER: Final = postgresql.dialect().identifier_preparer
+_PREPARER: Final = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
 _DEFAULT_COLOCATION: Final = "default"  # Citus' own default: co-locate with tables of the same column type
 _NOT_DISTRIBUTED: Final = (
     "NOT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = CAST(:table AS regclass))"

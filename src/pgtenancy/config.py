@@ -37,7 +37,7 @@ def validate_key_type(key_type: str) -> KeyType:
     """Return ``key_type`` if pgtenancy supports it, else raise ``ConfigurationError``."""
     if key_type not in KEY_TYPES:
         raise ConfigurationError(f"unsupported key_type {key_type!r}: use one of {', '.join(KEY_TYPES)}")
-    return key_type  # type: ignore[return-value]
+    return key_type
 
 
 def sql_type_name(key_type: str) -> str:

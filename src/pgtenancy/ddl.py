@@ -24,6 +24,7 @@ __all__ = [
     "MANAGED_PREFIX",
     "POLICY_NAME",
     "CreateTenantPolicy",
+    "DatabaseTemporary",
     "DropTenantIndex",
     "DropTenantPolicy",
     "DropTenantRole",
@@ -46,6 +47,7 @@ __all__ = [
     "enable_statements",
     "grant_statements",
     "revoke_statements",
+    "temporary_statements",
     "tenant_index_name",
     "validate_identifier",
     "validate_role_name",
@@ -268,6 +270,21 @@ class RevokeSequenceUsage(_GrantDDL):
     """A ``DO`` block revoking ``USAGE`` on every sequence the table owns."""
 
 
+class DatabaseTemporary(DDLElement):
+    """``REVOKE`` (or ``GRANT`` back) ``TEMPORARY`` on the current database from ``PUBLIC`` and ``role``.
+
+    Every role holds TEMPORARY through PUBLIC by default; a role without it cannot create temporary
+    tables, which are not protected by row level security and outlive the transaction on a pooled
+    connection. The database owner keeps it.
+    """
+
+    inherit_cache = False
+
+    def __init__(self, role: str, *, allow: bool) -> None:
+        self.role = validate_role_name(role)
+        self.allow = allow
+
+
 def _table(compiler: DDLCompiler, element: _TableDDL) -> str:
     preparer = compiler.preparer
     name = preparer.quote(element.table)
@@ -426,6 +443,24 @@ def _compile_revoke_schema_usage(element: RevokeSchemaUsage, compiler: DDLCompil
     return "REVOKE USAGE ON SCHEMA " + compiler.preparer.quote_schema(element.schema) + " FROM " + role
 
 
+@compiles(DatabaseTemporary)
+def _compile_database_temporary(element: DatabaseTemporary, compiler: DDLCompiler, **kw: Any) -> str:
+    database = "pg_catalog.current_database()"
+    if element.allow:
+        return _do_block(
+            "BEGIN\n  EXECUTE pg_catalog.format('GRANT TEMPORARY ON DATABASE %I TO PUBLIC', "
+            + database
+            + ");\nEND"
+        )
+    return _do_block(
+        "BEGIN\n"
+        "  EXECUTE pg_catalog.format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', " + database + ");\n"
+        "  EXECUTE pg_catalog.format('REVOKE TEMPORARY ON DATABASE %I FROM %I', " + database + ", "
+        + _literal(compiler, element.role) + ");\n"
+        "END"
+    )  # fmt: skip
+
+
 def _sequence_loop(compiler: DDLCompiler, element: _GrantDDL, action: str) -> str:
     """PL/pgSQL looping over the table's owned sequences; names are quoted by PostgreSQL itself."""
     return _do_block(
@@ -520,3 +555,8 @@ def grant_statements(role: str, table: str, schema: str | None = None) -> list[D
 def revoke_statements(role: str, table: str, schema: str | None = None) -> list[DDLElement]:
     """The reverse of ``grant_statements``: revoke USAGE on the table's sequences and DML on the table."""
     return [RevokeSequenceUsage(role, table, schema), RevokeTableAccess(role, table, schema)]
+
+
+def temporary_statements(role: str, *, allow: bool) -> list[DDLElement]:
+    """Take ``TEMPORARY`` on the current database away from ``role`` (and ``PUBLIC``), or give it back."""
+    return [DatabaseTemporary(role, allow=allow)]

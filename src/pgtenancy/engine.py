@@ -15,7 +15,14 @@ from sqlalchemy.orm import sessionmaker
 
 from pgtenancy.config import DEFAULT_SETTING, validate_key_type, validate_setting_name, validate_tenant_id
 from pgtenancy.context import NO_TENANT, current_binding
-from pgtenancy.drivers import Adapter, ConnectionState, adapter_for, set_config_renderer, set_local_renderer
+from pgtenancy.drivers import (
+    Adapter,
+    ConnectionState,
+    adapter_for,
+    set_config_renderer,
+    set_local_renderer,
+    unverified,
+)
 from pgtenancy.errors import (
     AutocommitError,
     ConfigurationError,
@@ -34,6 +41,7 @@ __all__ = [
     "Mode",
     "OnMissing",
     "TenancyConfig",
+    "UnverifiedVersionWarning",
     "instrument",
     "instrumentation_path",
     "is_instrumented",
@@ -118,6 +126,14 @@ def instrument(
             )
             instrumentation: _Listeners = _EventLevel(config, engine.dialect)
         else:
+            newer = unverified(adapter)
+            if newer:
+                warnings.warn(
+                    f"pgtenancy's {adapter.NAME} adapter was not verified with {', '.join(newer)}: it found "
+                    "the private names it relies on, but upgrade pgtenancy or pin the older release",
+                    UnverifiedVersionWarning,
+                    stacklevel=2,
+                )
             instrumentation = _DriverLevel(config, engine.dialect, adapter)
         _instrumented[engine] = instrumentation.install(engine)
     return target
@@ -125,6 +141,10 @@ def instrument(
 
 class FallbackWarning(UserWarning):
     """pgtenancy cannot use its driver adapter for an engine and guards it with SQLAlchemy events instead."""
+
+
+class UnverifiedVersionWarning(UserWarning):
+    """A driver or SQLAlchemy release newer than the newest one pgtenancy's adapter was verified with."""
 
 
 def instrumentation_path(target: Engine | AsyncEngine | sessionmaker[Any] | async_sessionmaker[Any]) -> str:

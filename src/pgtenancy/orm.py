@@ -55,4 +55,5 @@ class TenantMixin:
 
     @declared_attr
     def tenant_id(cls) -> Mapped[Any]:
-        return tenant_column(key_type=cls.__tenant_key_type__, setting=cls.__tenant_setting__)
+        column: Mapped[Any] = tenant_column(key_type=cls.__tenant_key_type__, setting=cls.__tenant_setting__)
+        return column

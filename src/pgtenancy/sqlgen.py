@@ -22,7 +22,8 @@ __all__ = [
     "render_sql",
 ]
 
-_DIALECT = postgresql.dialect(paramstyle="named")  # no driver placeholders: '%' stays '%'
+# no driver placeholders: '%' stays '%'
+_DIALECT = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
 
 
 def render_sql(statements: Iterable[DDLElement]) -> str:

@@ -320,7 +320,7 @@ class JWTClaimResolver:
 
     async def _jwk_for(self, jwt: Any, token: str) -> Any:
         """The signing key of the JWK Set that the token's ``kid`` names (or the set's only key)."""
-        keys = self.jwks
+        keys: Any = self.jwks  # a PyJWKSet, or a callable returning one (or its dict)
         if callable(keys):
             keys = keys()
             if inspect.isawaitable(keys):

@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ColumnElement, TableClause
 from sqlalchemy.sql.functions import Function
-from sqlalchemy.types import UserDefinedType
+from sqlalchemy.types import TypeEngine, UserDefinedType
 
 from pgtenancy.audit.findings import Finding, Rule
 from pgtenancy.audit.snapshot import Column, Relation, Snapshot
@@ -35,7 +35,7 @@ from pgtenancy.drivers import set_local_renderer
 
 __all__ = ["PROBE_RULES", "Leak", "Target", "probe_table", "run_probes"]
 
-_DIALECT = postgresql.dialect()
+_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 _preparer = _DIALECT.identifier_preparer
 _TIMEOUTS = {"statement_timeout": "5s", "lock_timeout": "1s"}
 _FILLERS = {"S": "pgtenancy-probe", "N": "0", "B": "false", "D": "now", "A": "{}"}
@@ -114,7 +114,8 @@ class _Untyped(UserDefinedType[str]):
         return "unknown"
 
     def literal_processor(self, dialect: Any) -> Any:
-        return String().literal_processor(dialect)
+        string: TypeEngine[str] = String()
+        return string.literal_processor(dialect)
 
 
 def _value(value: str) -> ColumnElement[str]:
@@ -563,7 +564,7 @@ def _readable_findings(engine: Engine, snapshot: Snapshot, app_role: str | None)
     candidates: list[tuple[str, Executable, set[int]]] = []
     for view in snapshot.relations.values():
         if view.kind in ("v", "m") and "SELECT" in view.app_privileges:
-            source = select(text("*")).select_from(table(view.name, schema=view.schema)).limit(5)
+            source: Executable = select(text("*")).select_from(table(view.name, schema=view.schema)).limit(5)
             kind = "view " if view.kind == "v" else "materialized view "
             candidates.append((kind + view.qualified, source, snapshot.base_tables(view)))
     for function in snapshot.functions.values():
@@ -573,7 +574,7 @@ def _readable_findings(engine: Engine, snapshot: Snapshot, app_role: str | None)
             and function.argument_count == 0
             and function.returns_rows
         ):
-            call = Function(function.name, packagenames=(function.schema,))
+            call: Function[Any] = Function(function.name, packagenames=(function.schema,))
             source = select(text("*")).select_from(call.table_valued()).limit(5)
             candidates.append(("function " + function.signature, source, snapshot.tables_read(function)))
     for name, source, oids in candidates:

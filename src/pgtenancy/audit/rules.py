@@ -16,7 +16,7 @@ from pgtenancy.audit.snapshot import ForeignKey, Function, Policy, Relation, Sna
 __all__ = ["RULES", "CatalogRule", "run_rules"]
 
 Check = Callable[[Snapshot], Iterator[Finding]]
-_dialect = postgresql.dialect()
+_dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
 _preparer = _dialect.identifier_preparer
 
 

@@ -407,7 +407,21 @@ def read_snapshot(
         )
     policy_functions = sorted({f for p in policies.values() for policy in p for f in policy.functions})
     functions = {
-        row[0]: Function(*row[:12], frozenset(row[12]))
+        row[0]: Function(
+            oid=row[0],
+            schema=row[1],
+            name=row[2],
+            arguments=row[3],
+            owner=row[4],
+            security_definer=row[5],
+            leakproof=row[6],
+            app_can_execute=row[7],
+            argument_count=row[8],
+            returns_rows=row[9],
+            volatility=row[10],
+            body=row[11],
+            depends_on=frozenset(row[12]),
+        )
         for row in conn.execute(
             _FUNCTIONS, {"role": app.oid, "system": _SYSTEM_SCHEMAS, "policy_functions": policy_functions}
         )
@@ -439,7 +453,9 @@ def _citus_kind(method: str, replication: str) -> str:
     return "reference" if replication == "t" else "local"
 
 
-def _grouped(rows: Iterable[Row[Any]], make: Callable[[Row[Any]], T]) -> dict[int, list[T]]:
+def _grouped(
+    rows: Iterable[Row[*tuple[Any, ...]]], make: Callable[[Row[*tuple[Any, ...]]], T]
+) -> dict[int, list[T]]:
     """Rows keyed by their first column (a relation oid), each made into an object by ``make``."""
     grouped: dict[int, list[T]] = {}
     for row in rows:

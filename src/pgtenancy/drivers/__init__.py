@@ -7,11 +7,14 @@ which one serves a dialect, or why none can.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from importlib import metadata
 from types import ModuleType
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Dialect, String
+from sqlalchemy.types import TypeEngine
 
 from pgtenancy.drivers.state import Applied, ConnectionState, Tenancy
 from pgtenancy.errors import ConfigurationError
@@ -24,6 +27,7 @@ __all__ = [
     "adapter_for",
     "set_config_renderer",
     "set_local_renderer",
+    "unverified",
 ]
 
 
@@ -32,6 +36,7 @@ class Adapter(Protocol):
 
     NAME: str
     PRIVATE_NAMES: tuple[str, ...]
+    VERIFIED: dict[str, tuple[str, str]]  # distribution: (oldest, newest) release verified
 
     def available(self, dialect: Dialect) -> str | None: ...  # None, or the missing names
     def connect_params(self, cparams: dict[str, Any]) -> None: ...  # before SQLAlchemy's own connect
@@ -60,8 +65,24 @@ def adapter_for(dialect: Dialect) -> tuple[Adapter | None, str]:
     return adapter, ""
 
 
+def unverified(adapter: Adapter) -> list[str]:
+    """The installed distributions ``adapter`` relies on that are newer than the newest release verified."""
+    newer = []
+    for distribution, (_, newest) in adapter.VERIFIED.items():
+        installed = metadata.version(distribution)
+        if _release(installed) > _release(newest):
+            newer.append(f"{distribution} {installed} (verified up to {newest})")
+    return newer
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version string: ``"2.1.9"`` -> ``(2, 1, 9)``; pre-releases count as theirs."""
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
 def _literal_renderer(dialect: Dialect) -> Callable[[str], str]:
-    render = String().literal_processor(dialect)
+    string: TypeEngine[str] = String()
+    render = string.literal_processor(dialect)
     if render is None:
         raise ConfigurationError(f"dialect {dialect.name!r} cannot render string literals")
     return render

@@ -27,6 +27,7 @@ from pgtenancy.errors import AutocommitError, ConfigurationError
 __all__ = [
     "NAME",
     "PRIVATE_NAMES",
+    "VERIFIED",
     "arm",
     "autocommit_getter",
     "available",
@@ -43,6 +44,8 @@ PRIVATE_NAMES: Final = (
     "sqlalchemy AsyncAdapt_asyncpg_cursor._connection",
     "sqlalchemy AsyncAdapt_asyncpg_cursor._adapt_connection",
 )
+VERIFIED: Final = {"sqlalchemy": ("2.0.10", "2.1.9"), "asyncpg": ("0.32.0", "0.32.0")}
+"""The oldest and newest releases the names above were verified in, per distribution."""
 _ENDS: Final = frozenset({"COMMIT;", "ROLLBACK;", "COMMIT", "ROLLBACK"})  # what asyncpg's Transaction sends
 _subclasses: dict[tuple[type, bool], type] = {}
 _states: weakref.WeakKeyDictionary[Any, ConnectionState] = weakref.WeakKeyDictionary()
@@ -156,7 +159,7 @@ class _Hooks:
         if query.startswith("BEGIN"):
             reset, apply = state.begin()
             if reset is not None or (apply is not None and state.tenancy.separate):
-                return self._in_steps(reset, query, apply)
+                return self._in_steps(state, reset, query, apply)
             if apply is None:
                 return self._base_execute(query)
             return self._base_execute(query + " " + apply)
@@ -164,23 +167,25 @@ class _Hooks:
             state.applied = None
         return self._base_execute(query)
 
-    async def _in_steps(self, reset: str | None, begin: str, apply: str | None) -> Any:
+    async def _in_steps(
+        self, state: ConnectionState, reset: str | None, begin: str, apply: str | None
+    ) -> Any:
         """A reset before BEGIN (its own message: committed even if the transaction is rolled back), or
         ``mode="set_config"``/``"set_local"``: the tenant applied by a statement of its own after BEGIN."""
         if reset is not None:
             await self._base_execute(reset)
-        if apply is None or not self._pgtenancy.tenancy.separate:
+        if apply is None or not state.tenancy.separate:
             return await self._base_execute(begin if apply is None else begin + " " + apply)
         result = await self._base_execute(begin)
         try:
             await self._base_execute(apply)
         except BaseException:
-            self._pgtenancy.failed()  # the open transaction carries no tenant: its statements are refused
+            state.failed()  # the open transaction carries no tenant: its statements are refused
             raise
         return result
 
 
-def _tenant_aware(base: type, storage: bool) -> type:
+def _tenant_aware(base: type[Any], storage: bool) -> type:
     """A subclass of asyncpg's ``Connection`` class ``base`` with pgtenancy's hooks.
 
     ``storage``: instances keep their state in an attribute of their own (connections pgtenancy makes);

@@ -9,7 +9,8 @@ Private names relied on (verified with psycopg 3.2.x and 3.3.9, SQLAlchemy 2.0.5
 
 - psycopg's ``BaseConnection``: ``_start_query``, ``_get_tx_start_command``, ``_exec_command``,
   ``_pipeline`` and ``_autocommit``; ``Cursor._conn``;
-- SQLAlchemy's ``AsyncAdapt_psycopg_connection._connection`` and ``AsyncAdapt_psycopg_cursor._connection``.
+- SQLAlchemy's ``AsyncAdapt_psycopg_connection._connection``; ``AsyncAdapt_psycopg_cursor._connection``
+  (2.1) or ``AsyncAdapt_psycopg_cursor._cursor`` (2.0, psycopg's cursor).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pgtenancy.errors import ConfigurationError
 __all__ = [
     "NAME",
     "PRIVATE_NAMES",
+    "VERIFIED",
     "arm",
     "autocommit_getter",
     "available",
@@ -42,8 +44,10 @@ PRIVATE_NAMES: Final = (
     "psycopg BaseConnection._autocommit",
     "psycopg Cursor._conn",
     "sqlalchemy AsyncAdapt_psycopg_connection._connection",
-    "sqlalchemy AsyncAdapt_psycopg_cursor._connection",
+    "sqlalchemy AsyncAdapt_psycopg_cursor._connection (2.1) / _cursor (2.0)",
 )
+VERIFIED: Final = {"sqlalchemy": ("2.0.10", "2.1.9"), "psycopg": ("3.1.8", "3.3.9")}
+"""The oldest and newest releases the names above were verified in, per distribution."""
 _HOOKS: Final = ("_start_query", "_get_tx_start_command", "_exec_command")
 _subclasses: dict[type, type] = {}
 
@@ -54,23 +58,33 @@ def available(dialect: Dialect) -> str | None:
     import psycopg
 
     missing = [name for name in _HOOKS if not hasattr(psycopg.Connection, name)]
-    if dialect.is_async:
-        from sqlalchemy.dialects.postgresql.psycopg import AsyncAdapt_psycopg_cursor
-
-        slots = {slot for cls in AsyncAdapt_psycopg_cursor.__mro__ for slot in getattr(cls, "__slots__", ())}
-        if "_connection" not in slots:
-            missing.append("AsyncAdapt_psycopg_cursor._connection")
+    if dialect.is_async and _cursor_path(dialect) is None:
+        missing.append("AsyncAdapt_psycopg_cursor._connection (2.1) or ._cursor (2.0)")
     return ", ".join(missing) or None
+
+
+def _cursor_path(dialect: Dialect) -> str | None:
+    """Where psycopg's connection sits on the DBAPI cursors of ``dialect``."""
+    if not dialect.is_async:
+        return "_conn"  # psycopg's own cursor
+    from sqlalchemy.dialects.postgresql.psycopg import AsyncAdapt_psycopg_cursor
+
+    slots = {slot for cls in AsyncAdapt_psycopg_cursor.__mro__ for slot in getattr(cls, "__slots__", ())}
+    if "_connection" in slots:  # SQLAlchemy 2.1: the adapted cursor keeps the connection
+        return "_connection"
+    if "_cursor" in slots:  # SQLAlchemy 2.0: it wraps psycopg's cursor
+        return "_cursor._conn"
+    return None
 
 
 def state_getter(dialect: Dialect) -> Any:
     """Reads the ``ConnectionState`` of psycopg's connection from a DBAPI cursor of ``dialect``, in C."""
-    return operator.attrgetter(("_connection" if dialect.is_async else "_conn") + "._pgtenancy")
+    return operator.attrgetter(f"{_cursor_path(dialect)}._pgtenancy")
 
 
 def autocommit_getter(dialect: Dialect) -> tuple[Any, object]:
     """Reads psycopg's autocommit flag from a DBAPI cursor of ``dialect``, and its autocommit value."""
-    return operator.attrgetter(("_connection" if dialect.is_async else "_conn") + "._autocommit"), True
+    return operator.attrgetter(f"{_cursor_path(dialect)}._autocommit"), True
 
 
 def connect_params(cparams: dict[str, Any]) -> None:
@@ -115,7 +129,7 @@ def _tenant_aware(base: type) -> type:
     idle, fatal = pq.TransactionStatus.IDLE, pq.ExecStatus.FATAL_ERROR
     reset = tuple(statement.encode() for statement in RESET_SESSION)
 
-    class TenantAwarePsycopg(base):  # type: ignore[misc, valid-type]
+    class TenantAwarePsycopg(base):  # type: ignore[misc]
         _pgtenancy: ConnectionState | None = None
 
         def _start_query(self) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -94,7 +95,7 @@ def create_app(database_url: str, *, jwt_key: str, jwt_algorithms: tuple[str, ..
     return app
 
 
-async def _json_object(request: Request) -> dict[str, object]:
+async def _json_object(request: Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except ValueError:

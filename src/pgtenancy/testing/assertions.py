@@ -18,7 +18,7 @@ from pgtenancy.roles import role_problems
 
 __all__ = ["assert_no_findings", "assert_tenant_isolated"]
 
-_preparer = postgresql.dialect().identifier_preparer
+_preparer = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
 _LOCATE = text(
     """
     SELECT n.nspname, c.relname

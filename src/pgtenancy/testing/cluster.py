@@ -254,7 +254,7 @@ def _conf_value(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _on_node(node: PgNode, database: str, statements: Callable[[Connection], None]) -> None:
+def _on_node(node: PgNode, database: str, statements: Callable[[Connection], object]) -> None:
     """Run ``statements`` as the superuser on ``node``, outside a transaction."""
     engine = create_engine(node.url(database=database), isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
@@ -265,7 +265,7 @@ def _on_node(node: PgNode, database: str, statements: Callable[[Connection], Non
 
 
 def _quoted(name: str) -> str:
-    return str(postgresql.dialect().identifier_preparer.quote(name))
+    return str(postgresql.dialect().identifier_preparer.quote(name))  # type: ignore[no-untyped-call]
 
 
 @dataclass

@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 Role = Literal["app", "owner", "admin"]
-_DIALECT = postgresql.dialect()
+_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 _quote = _DIALECT.identifier_preparer.quote
 
 
@@ -59,7 +59,9 @@ class TestDatabase:
         )
 
 
-def _admin(server: TestServer, statements: Callable[[Connection], None], database: str | None = None) -> None:
+def _admin(
+    server: TestServer, statements: Callable[[Connection], object], database: str | None = None
+) -> None:
     """Run ``statements`` as the superuser, outside a transaction (CREATE/DROP DATABASE need that)."""
     engine = create_engine(server.url(database=database), isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:

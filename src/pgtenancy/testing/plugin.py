@@ -157,9 +157,14 @@ class EngineFactory:
         url = self.database.url(role, drivername=_DRIVERNAMES[driver])
         options = {"pool_size": 4, "max_overflow": 0, **(engine_options or {})}
         engine: Engine | AsyncEngine
-        engine = create_engine(url, **options) if driver == "psycopg" else create_async_engine(url, **options)
-        if instrumented:
-            instrument(engine, **instrument_options)
+        if driver == "psycopg":
+            engine = create_engine(url, **options)
+            if instrumented:
+                instrument(engine, **instrument_options)
+        else:
+            engine = create_async_engine(url, **options)
+            if instrumented:
+                instrument(engine, **instrument_options)
         self._engines.append(engine)
         return engine
 

@@ -20,7 +20,7 @@ from pgtenancy.testing.database import TestRoles, create_roles, drop_roles
 
 __all__ = ["pgtenancy_citus", "pgtenancy_citus_roles", "pgtenancy_replica"]
 
-_quote = postgresql.dialect().identifier_preparer.quote
+_quote = postgresql.dialect().identifier_preparer.quote  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture(scope="session")

