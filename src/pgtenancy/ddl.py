@@ -445,18 +445,16 @@ def _compile_revoke_schema_usage(element: RevokeSchemaUsage, compiler: DDLCompil
 
 @compiles(DatabaseTemporary)
 def _compile_database_temporary(element: DatabaseTemporary, compiler: DDLCompiler, **kw: Any) -> str:
-    database = "pg_catalog.current_database()"
+    database = "pg_catalog.quote_ident(pg_catalog.current_database())"  # names quoted by PostgreSQL itself
     if element.allow:
         return _do_block(
-            "BEGIN\n  EXECUTE pg_catalog.format('GRANT TEMPORARY ON DATABASE %I TO PUBLIC', "
-            + database
-            + ");\nEND"
+            "BEGIN\n  EXECUTE 'GRANT TEMPORARY ON DATABASE ' || " + database + " || ' TO PUBLIC';\nEND"
         )
+    role = "pg_catalog.quote_ident(" + _literal(compiler, element.role) + ")"
     return _do_block(
         "BEGIN\n"
-        "  EXECUTE pg_catalog.format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', " + database + ");\n"
-        "  EXECUTE pg_catalog.format('REVOKE TEMPORARY ON DATABASE %I FROM %I', " + database + ", "
-        + _literal(compiler, element.role) + ");\n"
+        "  EXECUTE 'REVOKE TEMPORARY ON DATABASE ' || " + database + " || ' FROM PUBLIC';\n"
+        "  EXECUTE 'REVOKE TEMPORARY ON DATABASE ' || " + database + " || ' FROM ' || " + role + ";\n"
         "END"
     )  # fmt: skip
 

@@ -2,7 +2,8 @@
 
 Importing this package registers pgtenancy's operations on Alembic's ``op`` (``enable_tenant_isolation``,
 ``disable_tenant_isolation``, ``create_tenant_role``, ``drop_tenant_role``, ``grant_tenant_access``,
-``revoke_tenant_access``, and for Citus ``distribute_tenant_table``, ``create_reference_table``,
+``revoke_tenant_access``, ``revoke_temporary_tables``, ``grant_temporary_tables``, and for Citus
+``distribute_tenant_table``, ``create_reference_table``,
 ``undistribute_table``), their renderers for autogenerate, and the comparator that proposes
 ``enable_tenant_isolation`` for every marked model table whose live isolation is missing or differs
 (and, in a Citus database, ``distribute_tenant_table`` for marked tables that are not distributed).
@@ -23,8 +24,10 @@ from pgtenancy.alembic.ops import (
     DistributeTenantTableOp,
     DropTenantRoleOp,
     EnableTenantIsolationOp,
+    GrantTemporaryTablesOp,
     GrantTenantAccessOp,
     IsolationSpec,
+    RevokeTemporaryTablesOp,
     RevokeTenantAccessOp,
     UndistributeTableOp,
     create_reference_table,
@@ -33,7 +36,9 @@ from pgtenancy.alembic.ops import (
     distribute_tenant_table,
     drop_tenant_role,
     enable_tenant_isolation,
+    grant_temporary_tables,
     grant_tenant_access,
+    revoke_temporary_tables,
     revoke_tenant_access,
     undistribute_table,
 )
@@ -45,8 +50,10 @@ __all__ = [
     "DistributeTenantTableOp",
     "DropTenantRoleOp",
     "EnableTenantIsolationOp",
+    "GrantTemporaryTablesOp",
     "GrantTenantAccessOp",
     "IsolationSpec",
+    "RevokeTemporaryTablesOp",
     "RevokeTenantAccessOp",
     "UndistributeTableOp",
     "compare",
@@ -56,8 +63,10 @@ __all__ = [
     "distribute_tenant_table",
     "drop_tenant_role",
     "enable_tenant_isolation",
+    "grant_temporary_tables",
     "grant_tenant_access",
     "render",
+    "revoke_temporary_tables",
     "revoke_tenant_access",
     "undistribute_table",
 ]

@@ -31,8 +31,10 @@ __all__ = [
     "DistributeTenantTableOp",
     "DropTenantRoleOp",
     "EnableTenantIsolationOp",
+    "GrantTemporaryTablesOp",
     "GrantTenantAccessOp",
     "IsolationSpec",
+    "RevokeTemporaryTablesOp",
     "RevokeTenantAccessOp",
     "UndistributeTableOp",
     "check_tenant_table",
@@ -42,7 +44,9 @@ __all__ = [
     "distribute_tenant_table",
     "drop_tenant_role",
     "enable_tenant_isolation",
+    "grant_temporary_tables",
     "grant_tenant_access",
+    "revoke_temporary_tables",
     "revoke_tenant_access",
     "undistribute_table",
 ]
@@ -284,6 +288,46 @@ class RevokeTenantAccessOp(MigrateOperation):
         return ("revoke_tenant_access", self.role, self.schema, self.table)
 
 
+@Operations.register_operation("revoke_temporary_tables")
+class RevokeTemporaryTablesOp(MigrateOperation):
+    """Take ``TEMPORARY`` on the current database away from a role and ``PUBLIC``: no temp tables to leak."""
+
+    def __init__(self, role: str) -> None:
+        ddl.DatabaseTemporary(role, allow=False)  # validates before any DDL
+        self.role = role
+
+    @classmethod
+    def revoke_temporary_tables(cls, operations: Operations, role: str) -> None:
+        """``REVOKE TEMPORARY ON DATABASE <current> FROM PUBLIC, role``."""
+        operations.invoke(cls(role))
+
+    def reverse(self) -> GrantTemporaryTablesOp:
+        return GrantTemporaryTablesOp(self.role)
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("revoke_temporary_tables", self.role)
+
+
+@Operations.register_operation("grant_temporary_tables")
+class GrantTemporaryTablesOp(MigrateOperation):
+    """Give ``TEMPORARY`` on the current database back to ``PUBLIC`` (PostgreSQL's default)."""
+
+    def __init__(self, role: str) -> None:
+        ddl.DatabaseTemporary(role, allow=True)
+        self.role = role
+
+    @classmethod
+    def grant_temporary_tables(cls, operations: Operations, role: str) -> None:
+        """``GRANT TEMPORARY ON DATABASE <current> TO PUBLIC``: the reverse of ``revoke_temporary_tables``."""
+        operations.invoke(cls(role))
+
+    def reverse(self) -> RevokeTemporaryTablesOp:
+        return RevokeTemporaryTablesOp(self.role)
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("grant_temporary_tables", self.role)
+
+
 def _validate_table(table: str, schema: str | None) -> None:
     ddl.validate_identifier(table, "table")
     if schema is not None:
@@ -491,6 +535,19 @@ def _revoke(operations: Operations, operation: RevokeTenantAccessOp) -> None:
     _run(operations, ddl.revoke_statements(operation.role, operation.table, operation.schema))
 
 
+@Operations.implementation_for(RevokeTemporaryTablesOp)
+def _revoke_temporary(operations: Operations, operation: RevokeTemporaryTablesOp) -> None:
+    conn = _online(operations)
+    if conn is not None:
+        _check_role_exists(conn, operation.role)
+    _run(operations, ddl.temporary_statements(operation.role, allow=False))
+
+
+@Operations.implementation_for(GrantTemporaryTablesOp)
+def _grant_temporary(operations: Operations, operation: GrantTemporaryTablesOp) -> None:
+    _run(operations, ddl.temporary_statements(operation.role, allow=True))
+
+
 def _check_citus_table(conn: Connection, table: str, column: str | None, schema: str | None) -> None:
     """Raise ``CitusNotAvailableError`` without Citus, ``SchemaMismatchError`` for a missing table/column."""
     citus.require_citus(conn)
@@ -604,6 +661,22 @@ def grant_tenant_access(role: str, table: str, *, schema: str | None = None) -> 
 def revoke_tenant_access(role: str, table: str, *, schema: str | None = None) -> None:
     """Typed ``op.revoke_tenant_access``: the reverse of ``grant_tenant_access``."""
     _alembic_op.invoke(RevokeTenantAccessOp(role, table, schema=schema))
+
+
+def revoke_temporary_tables(role: str) -> None:
+    """Typed ``op.revoke_temporary_tables``: ``role`` (and PUBLIC) may no longer create temporary tables.
+
+    Temporary tables are not protected by row level security and outlive a transaction on a pooled
+    connection; pgtenancy drops those it sees created before another tenant's transaction, but not those
+    a function body creates. Roles that need them (reporting, the migration role) get ``TEMPORARY``
+    granted back by name; the database owner keeps it.
+    """
+    _alembic_op.invoke(RevokeTemporaryTablesOp(role))
+
+
+def grant_temporary_tables(role: str) -> None:
+    """Typed ``op.grant_temporary_tables``: PostgreSQL's default back (PUBLIC may create temporary tables)."""
+    _alembic_op.invoke(GrantTemporaryTablesOp(role))
 
 
 def distribute_tenant_table(

@@ -45,6 +45,7 @@ class Applied(NamedTuple):
 
 
 _UNGOVERNED: Final = Applied(None, None, None)
+_record: Final = tuple.__new__  # builds an ``Applied`` in C, without namedtuple's Python-level __new__
 
 
 class ConnectionState:
@@ -74,7 +75,7 @@ class ConnectionState:
         except TenancyError as error:
             self.applied = Applied(binding, None, error)
             return None, None
-        self.applied = Applied(binding, value, None)
+        self.applied = _record(Applied, (binding, value, None))
         dirty = self.dirty
         if dirty is None or dirty == value:
             return None, apply
