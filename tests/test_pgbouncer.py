@@ -8,135 +8,31 @@ pgtenancy's transaction-local ``set_config(..., true)`` dies with its transactio
 from __future__ import annotations
 
 import asyncio
-import os
-import pwd
 import random
 import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import URL, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from pgtenancy import instrument, tenant_context
 from pgtenancy.testing import TestDatabase
+from tests.bouncer import SHARED, Bouncer, driver_options, start_bouncer
 from tests.conftest import ROWS_PER_TENANT, TENANTS
 
 SETTING = "app.current_tenant_id"
-SHARED = "leakdemo"  # a PgBouncer database with ONE server connection: every client shares it
-
-
-@dataclass(frozen=True)
-class Bouncer:
-    """A PgBouncer in transaction mode on loopback, in front of the test database."""
-
-    port: int
-    database: TestDatabase
-
-    def url(self, *, drivername: str, database: str | None = None, **query: str) -> URL:
-        roles = self.database.roles
-        return URL.create(
-            drivername,
-            username=roles.app,
-            password=roles.password,
-            host="127.0.0.1",
-            port=self.port,
-            database=database or self.database.name,
-            query=query,
-        )
-
-    def connect(self, database: str = SHARED) -> psycopg.Connection:
-        """A plain psycopg connection as the app role (no server-side prepared statements)."""
-        return psycopg.connect(
-            self.url(drivername="postgresql", database=database).render_as_string(hide_password=False),
-            autocommit=True,
-            prepare_threshold=None,
-        )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _server_address(database: TestDatabase) -> tuple[str, str]:
-    url = database.server.admin_url
-    host = url.query.get("host") or url.host or "localhost"
-    port = url.query.get("port") or url.port or 5432
-    return str(host), str(port)
-
-
-def _run_as(host: str) -> int | None:
-    """PgBouncer refuses to run as root: run it as the server's socket owner (embedded) or nobody."""
-    if os.geteuid() != 0:
-        return None
-    if os.path.isdir(host) and os.stat(host).st_uid != 0:
-        return os.stat(host).st_uid
-    return pwd.getpwnam("nobody").pw_uid
 
 
 @pytest.fixture(scope="module")
 def pgbouncer(seeded: TestDatabase) -> Iterator[Bouncer]:
-    binary = shutil.which("pgbouncer")
-    if binary is None:
+    if shutil.which("pgbouncer") is None:
         pytest.skip("the pgbouncer binary is not installed (apt-get install -y pgbouncer; CI installs it)")
-    host, port = _server_address(seeded)
-    user = _run_as(host)
-    workdir = Path(tempfile.mkdtemp(prefix="pgtenancy-bouncer-"))
-    listen = _free_port()
-    users = [seeded.roles.app, seeded.roles.owner, seeded.server.admin_url.username or "postgres"]
-    (workdir / "userlist.txt").write_text("".join(f'"{name}" ""\n' for name in users))
-    (workdir / "pgbouncer.ini").write_text(
-        f"""[databases]
-{SHARED} = host={host} port={port} dbname={seeded.name} pool_size=1
-* = host={host} port={port}
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {listen}
-unix_socket_dir =
-auth_type = trust
-auth_file = {workdir / "userlist.txt"}
-pool_mode = transaction
-default_pool_size = 3
-max_client_conn = 200
-ignore_startup_parameters = extra_float_digits,options
-server_reset_query =
-logfile = {workdir / "pgbouncer.log"}
-pidfile = {workdir / "pgbouncer.pid"}
-"""
-    )
-    if user is not None:
-        os.chown(workdir, user, -1)
-        for child in workdir.iterdir():
-            os.chown(child, user, -1)
-    process = subprocess.Popen([binary, str(workdir / "pgbouncer.ini")], user=user)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", listen), timeout=0.2).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log = workdir / "pgbouncer.log"
-                    pytest.fail("pgbouncer did not start: " + (log.read_text() if log.exists() else "no log"))
-                time.sleep(0.05)
-        yield Bouncer(listen, seeded)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with start_bouncer(seeded) as process:
+        yield process.bouncer
 
 
 def test_the_app_role_cannot_bypass_rls(pgbouncer: Bouncer) -> None:
@@ -187,18 +83,10 @@ async def test_instrumented_engine_wins_over_a_polluted_server_connection(pgboun
 
 
 def _engine(bouncer: Bouncer, *, database: str | None = None, pool_size: int = 8):
-    """asyncpg through PgBouncer 1.18 (no prepared statements in transaction mode): no statement cache,
-    unique statement names, and SQLAlchemy's own prepared statement cache off."""
-    url = bouncer.url(drivername="postgresql+asyncpg", database=database, prepared_statement_cache_size="0")
-    engine = create_async_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=0,
-        connect_args={
-            "statement_cache_size": 0,
-            "prepared_statement_name_func": lambda: f"__pgtenancy_{uuid.uuid4().hex}__",
-        },
-    )
+    """asyncpg through PgBouncer 1.18 (no prepared statements in transaction mode): see driver_options."""
+    query, connect_args = driver_options("postgresql+asyncpg")
+    url = bouncer.url(drivername="postgresql+asyncpg", database=database, **query)
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, connect_args=connect_args)
     return instrument(engine)
 
 

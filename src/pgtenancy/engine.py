@@ -34,6 +34,7 @@ from pgtenancy.errors import (
 )
 from pgtenancy.roles import verify_dbapi_role
 from pgtenancy.roles import verify_role as _verify_role
+from pgtenancy.sessions import forget_engine, guard_sessions
 from pgtenancy.statements import CLEAN, Verdict, names_setting, refuse, vet
 
 __all__ = [
@@ -213,10 +214,12 @@ class _Listeners:
     def install(self, engine: Engine) -> _Listeners:
         for name, listener, insert in self._listeners:
             event.listen(engine, name, listener, insert=insert)
+        guard_sessions(engine, self.resolve)
         return self
 
     def remove(self, engine: Engine) -> None:
         self.active = False
+        forget_engine(engine)
         for name, listener, _ in self._listeners:
             if event.contains(engine, name, listener):
                 event.remove(engine, name, listener)

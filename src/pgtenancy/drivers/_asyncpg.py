@@ -176,8 +176,8 @@ class _Hooks:
             await self._base_execute(reset)
         if apply is None or not state.tenancy.separate:
             return await self._base_execute(begin if apply is None else begin + " " + apply)
-        result = await self._base_execute(begin)
         try:
+            result = await self._base_execute(begin)
             await self._base_execute(apply)
         except BaseException:
             state.failed()  # the open transaction carries no tenant: its statements are refused

@@ -145,18 +145,18 @@ def _tenant_aware(base: type) -> type:
                     yield from self._exec_command(statement)
             if apply is None:
                 return (yield from super()._start_query())
-            if self._pipeline or state.tenancy.separate:  # pipeline mode queues one command at a time
-                yield from super()._start_query()
-                try:
+            try:
+                if self._pipeline or state.tenancy.separate:  # pipeline mode queues one command at a time
+                    yield from super()._start_query()
                     yield from self._exec_command(apply.encode())
-                except BaseException:
-                    state.failed()  # the open transaction carries no tenant: its statements are refused
-                    raise
-                return None
-            self.pgconn.send_query(self._get_tx_start_command() + b"; " + apply.encode())
-            for result in (yield from generators.execute(self.pgconn)):
-                if result.status == fatal:
-                    raise errors.error_from_result(result, encoding=self.info.encoding)
+                    return None
+                self.pgconn.send_query(self._get_tx_start_command() + b"; " + apply.encode())
+                for result in (yield from generators.execute(self.pgconn)):
+                    if result.status == fatal:
+                        raise errors.error_from_result(result, encoding=self.info.encoding)
+            except BaseException:
+                state.failed()  # a transaction it opened carries no tenant: its statements are refused
+                raise
             return None
 
     subclass = _subclasses[base] = TenantAwarePsycopg

@@ -1,0 +1,30 @@
+"""Test sessions beside the README's (the latest releases): the declared floors, and SQLAlchemy 2.0.
+
+``nox -s floors`` installs every dependency at the lowest release ``pyproject.toml`` declares
+(``constraints/floors.txt``) and runs the suite; ``nox -s sqlalchemy20`` runs it on the newest 2.0.x.
+CI runs both after the README's test command. Arguments after ``--`` go to pytest.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["floors", "sqlalchemy20"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _suite(session: nox.Session, *requirements: str) -> None:
+    session.install("-e", ".[dev]", *requirements)
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def floors(session: nox.Session) -> None:
+    """The suite on the lowest declared release of every dependency."""
+    _suite(session, "-c", "constraints/floors.txt")
+
+
+@nox.session
+def sqlalchemy20(session: nox.Session) -> None:
+    """The suite on SQLAlchemy 2.0.x, the series before the latest."""
+    _suite(session, "SQLAlchemy[asyncio]>=2.0.58,<2.1")
