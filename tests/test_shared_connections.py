@@ -109,3 +109,52 @@ def test_a_sync_session_shared_by_threads_never_serves_foreign_rows(seeded, pgte
     print("psycopg", mode, dict(outcomes))
     assert outcomes["foreign"] == 0, dict(outcomes)
     assert outcomes["own"] >= ROUNDS // 2, dict(outcomes)
+
+
+def _creator_engines(seeded):
+    """Engines whose driver connections come from the user's own creator, not SQLAlchemy's connect."""
+    import asyncpg
+    import psycopg
+    from sqlalchemy import create_engine
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    url = seeded.url("app")
+    query = url.query
+    params = {"user": url.username, "password": url.password, "dbname": url.database, **query}
+
+    async def asyncpg_creator():
+        return await asyncpg.connect(
+            user=url.username,
+            password=url.password,
+            database=url.database,
+            host=query["host"],
+            port=query["port"],
+        )
+
+    async def psycopg_creator():
+        return await psycopg.AsyncConnection.connect(**params)
+
+    return (
+        create_async_engine("postgresql+asyncpg://", async_creator=asyncpg_creator, pool_size=2),
+        create_async_engine("postgresql+psycopg://", async_creator=psycopg_creator, pool_size=2),
+        create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(**params), pool_size=2),
+    )
+
+
+async def test_connections_from_a_users_creator_are_guarded_too(seeded):
+    from pgtenancy import instrument, instrumentation_path
+
+    asyncpg_engine, psycopg_engine, sync_engine = (instrument(e) for e in _creator_engines(seeded))
+    try:
+        for engine in (asyncpg_engine, psycopg_engine):
+            assert instrumentation_path(engine) == "driver"
+            outcomes = await shared_rounds(engine, session=False)
+            assert outcomes["foreign"] == 0 and outcomes["refused"] > 0, dict(outcomes)
+        with tenant_context(TENANTS[0]), sync_engine.connect() as conn:
+            assert set(conn.execute(READ).scalars()) == {TENANTS[0]}
+            with tenant_context(TENANTS[1]), pytest.raises(TenantSwitchError):
+                conn.execute(READ)
+    finally:
+        await asyncpg_engine.dispose()
+        await psycopg_engine.dispose()
+        sync_engine.dispose()

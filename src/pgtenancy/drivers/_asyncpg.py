@@ -1,15 +1,16 @@
 """asyncpg: the tenant rides on the BEGIN that SQLAlchemy's adapter sends, checked under the adapter's lock.
 
-Private names relied on (verified with SQLAlchemy 2.0.58 and 2.1.9, asyncpg 0.29 to 0.32):
+Private names relied on (verified with SQLAlchemy 2.0.17, 2.0.58 and 2.1.9, asyncpg 0.32; ``VERIFIED`` below):
 
 - SQLAlchemy's ``AsyncAdapt_asyncpg_connection``: ``_execute_mutex`` (the ``asyncio.Lock`` every statement
   of the adapter is sent under, replaced by a subclass that checks the tenant once it holds it),
-  ``_connection`` (asyncpg's connection) and ``isolation_level`` (``"autocommit"``: no BEGIN is sent);
-- SQLAlchemy's ``AsyncAdapt_asyncpg_cursor``: ``_connection`` and ``_adapt_connection``.
+  ``_connection`` (asyncpg's connection), ``isolation_level`` (``"autocommit"``: no BEGIN is sent) and
+  ``_transaction`` (2.1) or ``_started`` (2.0): whether it will send BEGIN before the statement;
+- SQLAlchemy's ``AsyncAdapt_asyncpg_cursor``: ``_connection`` and ``_adapt_connection``;
+- asyncpg's ``Connection._protocol``, whose ``is_in_transaction()`` gives the server's status in C.
 
-asyncpg itself is used through public names only: ``connect(connection_class=...)``, ``Connection.execute``
-(which asyncpg's ``Transaction`` sends ``BEGIN``, ``COMMIT`` and ``ROLLBACK`` through) and
-``Connection.is_in_transaction``.
+Otherwise asyncpg is used through public names: ``connect(connection_class=...)`` and
+``Connection.execute``, which asyncpg's ``Transaction`` sends ``BEGIN``, ``COMMIT`` and ``ROLLBACK`` through.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Final
 from sqlalchemy import Dialect
 
 from pgtenancy.drivers.state import ConnectionState
-from pgtenancy.errors import AutocommitError, ConfigurationError
+from pgtenancy.errors import AutocommitError, ConfigurationError, TenancyError
 
 __all__ = [
     "NAME",
@@ -38,14 +39,27 @@ __all__ = [
 
 NAME: Final = "asyncpg"
 PRIVATE_NAMES: Final = (
+    "asyncpg Connection._protocol (its is_in_transaction(): the server's transaction status, in C)",
+    "sqlalchemy AsyncAdapt_asyncpg_connection._transaction (2.1) / _started (2.0)",
     "sqlalchemy AsyncAdapt_asyncpg_connection._execute_mutex",
     "sqlalchemy AsyncAdapt_asyncpg_connection._connection",
     "sqlalchemy AsyncAdapt_asyncpg_connection.isolation_level",
     "sqlalchemy AsyncAdapt_asyncpg_cursor._connection",
     "sqlalchemy AsyncAdapt_asyncpg_cursor._adapt_connection",
 )
-VERIFIED: Final = {"sqlalchemy": ("2.0.10", "2.1.9"), "asyncpg": ("0.32.0", "0.32.0")}
+VERIFIED: Final = {"sqlalchemy": ("2.0.17", "2.1.9"), "asyncpg": ("0.32.0", "0.32.0")}
 """The oldest and newest releases the names above were verified in, per distribution."""
+
+
+def _adapter_open_getter() -> Any:
+    """Reads whether SQLAlchemy's adapter holds a transaction: ``_started`` (2.0), ``_transaction`` (2.1)."""
+    from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
+
+    return operator.attrgetter(
+        "_started" if "_started" in _slots(AsyncAdapt_asyncpg_connection) else "_transaction"
+    )
+
+
 _ENDS: Final = frozenset({"COMMIT;", "ROLLBACK;", "COMMIT", "ROLLBACK"})  # what asyncpg's Transaction sends
 _subclasses: dict[tuple[type, bool], type] = {}
 _states: weakref.WeakKeyDictionary[Any, ConnectionState] = weakref.WeakKeyDictionary()
@@ -72,6 +86,9 @@ def available(dialect: Dialect) -> str | None:
 
 def _slots(cls: type) -> set[str]:
     return {slot for klass in cls.__mro__ for slot in getattr(klass, "__slots__", ())}
+
+
+_ADAPTER_OPEN: Final = _adapter_open_getter()
 
 
 def state_getter(dialect: Dialect) -> Any:
@@ -121,23 +138,40 @@ def arm(dbapi_connection: Any, state: ConnectionState) -> None:
 
 
 class _CheckedMutex(asyncio.Lock):
-    """The adapter's statement lock; once held, the statement is checked against its transaction's tenant."""
+    """The adapter's statement lock; once held, the statement is checked against its transaction's tenant.
+
+    Whether a transaction is open is the server's word (asyncpg's protocol status as of the last message),
+    not what pgtenancy or SQLAlchemy last saw: a BEGIN or COMMIT cut short by a cancellation or a dead
+    backend can leave either out of date.
+    """
 
     def __init__(self, state: ConnectionState, adapter: Any) -> None:
         super().__init__()
         self.state = state
         self._adapter = adapter  # a cycle with the adapter, collected with it
+        self._in_transaction = adapter._connection._protocol.is_in_transaction
+        self._open = _ADAPTER_OPEN  # truthy while the adapter holds a transaction (it sends no BEGIN)
 
     async def __aenter__(self) -> None:
         await self.acquire()
         state = self.state
         try:
-            if state.applied is not None:
-                state.check()
-            elif state.ready and state.tenancy.active and self._adapter.isolation_level == "autocommit":
+            if not (state.ready and state.tenancy.active):
+                return
+            if self._in_transaction():
+                state.check_opened()
+                return
+            state.applied = None  # no transaction is open: the BEGIN the adapter sends now records one
+            adapter = self._adapter
+            if adapter.isolation_level == "autocommit":
                 raise AutocommitError(
                     "an AUTOCOMMIT connection cannot carry a transaction-local tenant; "
                     "use the default isolation level on tenant engines"
+                )
+            if self._open(adapter):
+                raise TenancyError(
+                    "SQLAlchemy's adapter holds a transaction the server has ended (a COMMIT or ROLLBACK was "
+                    "cut short): the statement would run without one; roll back and retry"
                 )
         except BaseException:
             self.release()
