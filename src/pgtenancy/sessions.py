@@ -8,7 +8,7 @@ map that remembers the tenant its objects were loaded for; when the session is r
 another tenant (or none), that tenant's persistent objects are expunged first (pending objects stay),
 and SQLAlchemy loads what it needs anew, under the new tenant's row-level security.
 
-Private names of SQLAlchemy relied on (verified with 2.0.17, 2.0.58 and 2.1.9):
+Private names of SQLAlchemy relied on (verified with 2.0.50, 2.0.58 and 2.1.9):
 ``sqlalchemy.orm.identity._WeakInstanceDict`` (``WeakInstanceDict`` in 2.0; its ``get``, ``__getitem__``,
 ``__contains__``, ``add``, ``_add_unpresent``, ``replace``) and ``Session._expunge_states``.
 """

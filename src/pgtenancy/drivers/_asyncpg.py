@@ -1,6 +1,6 @@
 """asyncpg: the tenant rides on the BEGIN that SQLAlchemy's adapter sends, checked under the adapter's lock.
 
-Private names relied on (verified with SQLAlchemy 2.0.17, 2.0.58 and 2.1.9, asyncpg 0.32; ``VERIFIED`` below):
+Private names relied on (verified with SQLAlchemy 2.0.50, 2.0.58 and 2.1.9, asyncpg 0.32; ``VERIFIED`` below):
 
 - SQLAlchemy's ``AsyncAdapt_asyncpg_connection``: ``_execute_mutex`` (the ``asyncio.Lock`` every statement
   of the adapter is sent under, replaced by a subclass that checks the tenant once it holds it),
@@ -47,7 +47,7 @@ PRIVATE_NAMES: Final = (
     "sqlalchemy AsyncAdapt_asyncpg_cursor._connection",
     "sqlalchemy AsyncAdapt_asyncpg_cursor._adapt_connection",
 )
-VERIFIED: Final = {"sqlalchemy": ("2.0.17", "2.1.9"), "asyncpg": ("0.32.0", "0.32.0")}
+VERIFIED: Final = {"sqlalchemy": ("2.0.50", "2.1.9"), "asyncpg": ("0.32.0", "0.32.0")}
 """The oldest and newest releases the names above were verified in, per distribution."""
 
 

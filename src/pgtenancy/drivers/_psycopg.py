@@ -5,7 +5,7 @@ stream, copy, server-side cursors) passes through while it holds the connection'
 the connection a subclass whose ``_start_query`` sends the tenant with that BEGIN and checks every
 statement sent inside the transaction against the tenant it carries.
 
-Private names relied on (verified with psycopg 3.1.8 and 3.3.9, SQLAlchemy 2.0.17, 2.0.58 and 2.1.9):
+Private names relied on (verified with psycopg 3.1.8 and 3.3.9, SQLAlchemy 2.0.50, 2.0.58 and 2.1.9):
 
 - psycopg's ``BaseConnection``: ``_start_query``, ``_get_tx_start_command``, ``_exec_command``,
   ``_pipeline`` and ``_autocommit``; ``Cursor._conn``;
@@ -46,7 +46,7 @@ PRIVATE_NAMES: Final = (
     "sqlalchemy AsyncAdapt_psycopg_connection._connection",
     "sqlalchemy AsyncAdapt_psycopg_cursor._connection (2.1) / _cursor (2.0)",
 )
-VERIFIED: Final = {"sqlalchemy": ("2.0.17", "2.1.9"), "psycopg": ("3.1.8", "3.3.9")}
+VERIFIED: Final = {"sqlalchemy": ("2.0.50", "2.1.9"), "psycopg": ("3.1.8", "3.3.9")}
 """The oldest and newest releases the names above were verified in, per distribution."""
 _HOOKS: Final = ("_start_query", "_get_tx_start_command", "_exec_command")
 _subclasses: dict[type, type] = {}
