@@ -13,7 +13,7 @@ import pytest
 import typer
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
-from sqlalchemy import URL, Connection, create_engine
+from sqlalchemy import URL, Connection, create_engine, text
 from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
@@ -28,7 +28,8 @@ from pgtenancy.catalog import (
     table_security,
 )
 from pgtenancy.cli.sql import register
-from pgtenancy.sqlgen import render_enable_sql, render_grant_sql
+from pgtenancy.ddl import temporary_statements
+from pgtenancy.sqlgen import render_enable_sql, render_grant_sql, render_sql
 from pgtenancy.testing import TestDatabase
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "sql"
@@ -144,3 +145,21 @@ def test_role_template_refuses_an_existing_role_that_bypasses_rls(
     engine.dispose()
     result = psql(pgtenancy_database.url("admin"), "create_tenant_role.sql", role=role)
     assert result.returncode != 0 and "BYPASSRLS" in result.stderr
+
+
+@pytest.mark.skipif(PSQL is None, reason="the sql/ templates are psql scripts and psql is not installed")
+def test_revoke_temporary_template(pgtenancy_database: TestDatabase):
+    app = pgtenancy_database.roles.app
+    engine = create_engine(pgtenancy_database.url("admin"), poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    has_temporary = text("SELECT has_database_privilege(:r, current_database(), 'TEMPORARY')")
+    try:
+        for _ in range(2):
+            result = psql(pgtenancy_database.url("admin"), "revoke_temporary_tables.sql", role=app)
+            assert result.returncode == 0, result.stderr
+        with engine.connect() as conn:
+            assert conn.execute(has_temporary, {"r": app}).scalar_one() is False
+    finally:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(render_sql(temporary_statements(app, allow=True)))
+            assert conn.execute(has_temporary, {"r": app}).scalar_one() is True
+        engine.dispose()
