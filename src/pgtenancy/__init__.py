@@ -5,6 +5,7 @@ from pgtenancy.context import current_tenant_id, tenant_context, without_tenant
 from pgtenancy.engine import (
     FallbackWarning,
     TenancyConfig,
+    UnverifiedVersionWarning,
     instrument,
     instrumentation_path,
     is_instrumented,
@@ -36,6 +37,7 @@ __all__ = [
     "TenantSwitchError",
     "UnsafeRoleError",
     "UnsafeStatementError",
+    "UnverifiedVersionWarning",
     "current_tenant_id",
     "disable_tenant_criteria",
     "enable_tenant_criteria",
