@@ -45,3 +45,12 @@ def test_no_warning_on_the_verified_releases(pgtenancy_engine_factory, driver):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pgtenancy_engine_factory(driver)
+
+
+def test_the_standard_library_lock_still_has_the_fast_path_the_asyncpg_adapter_copies():
+    import asyncio
+    import inspect
+
+    lock = asyncio.Lock()
+    assert (lock._locked, lock._waiters) == (False, None)
+    assert "self._locked = True" in inspect.getsource(asyncio.Lock.acquire)

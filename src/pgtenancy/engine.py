@@ -296,8 +296,7 @@ class _DriverLevel(_Listeners):
 
         def make_connection(*cargs: Any, **cparams: Any) -> Any:
             """New driver connections are made able to carry the tenant with their BEGIN."""
-            adapter.connect_params(cparams)
-            return connect(*cargs, **cparams)
+            return adapter.connect(dialect, connect, cargs, cparams)
 
         vars(dialect)["connect"] = make_connection
         for name in self._CHECKED:

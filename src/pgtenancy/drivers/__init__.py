@@ -39,7 +39,9 @@ class Adapter(Protocol):
     VERIFIED: dict[str, tuple[str, str]]  # distribution: (oldest, newest) release verified
 
     def available(self, dialect: Dialect) -> str | None: ...  # None, or the missing names
-    def connect_params(self, cparams: dict[str, Any]) -> None: ...  # before SQLAlchemy's own connect
+    def connect(
+        self, dialect: Dialect, make: Any, cargs: Any, cparams: dict[str, Any]
+    ) -> Any: ...  # wraps it
     def arm(self, dbapi_connection: Any, state: ConnectionState) -> None: ...  # govern a connection
     def in_transaction(self, dbapi_connection: Any) -> bool: ...
     def state_getter(self, dialect: Dialect) -> Callable[[Any], ConnectionState | None]: ...

@@ -7,7 +7,9 @@ Private names relied on (verified with SQLAlchemy 2.0.50, 2.0.58 and 2.1.9, asyn
   ``_connection`` (asyncpg's connection), ``isolation_level`` (``"autocommit"``: no BEGIN is sent) and
   ``_transaction`` (2.1) or ``_started`` (2.0): whether it will send BEGIN before the statement;
 - SQLAlchemy's ``AsyncAdapt_asyncpg_cursor``: ``_connection`` and ``_adapt_connection``;
-- asyncpg's ``Connection._protocol``, whose ``is_in_transaction()`` gives the server's status in C.
+- asyncpg's ``Connection._protocol``, whose ``is_in_transaction()`` gives the server's status in C;
+- the standard library's ``asyncio.Lock``: ``_locked`` and ``_waiters``, to take a free lock the way its
+  ``acquire()`` does but without a coroutine frame per statement (Python 3.11 to 3.13).
 
 Otherwise asyncpg is used through public names: ``connect(connection_class=...)`` and
 ``Connection.execute``, which asyncpg's ``Transaction`` sends ``BEGIN``, ``COMMIT`` and ``ROLLBACK`` through.
@@ -32,13 +34,14 @@ __all__ = [
     "arm",
     "autocommit_getter",
     "available",
-    "connect_params",
+    "connect",
     "in_transaction",
     "state_getter",
 ]
 
 NAME: Final = "asyncpg"
 PRIVATE_NAMES: Final = (
+    "asyncio.Lock._locked, asyncio.Lock._waiters (acquire's fast path)",
     "asyncpg Connection._protocol (its is_in_transaction(): the server's transaction status, in C)",
     "sqlalchemy AsyncAdapt_asyncpg_connection._transaction (2.1) / _started (2.0)",
     "sqlalchemy AsyncAdapt_asyncpg_connection._execute_mutex",
@@ -101,11 +104,12 @@ def autocommit_getter(dialect: Dialect) -> tuple[Any, object]:
     return operator.attrgetter("_adapt_connection.isolation_level"), "autocommit"
 
 
-def connect_params(cparams: dict[str, Any]) -> None:
-    """Make SQLAlchemy's own connect use a connection class that carries the tenant with BEGIN."""
+def connect(dialect: Dialect, make: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+    """SQLAlchemy's own connect, with a connection class that carries the tenant with BEGIN."""
     import asyncpg
 
     cparams["connection_class"] = _tenant_aware(cparams.get("connection_class", asyncpg.Connection), True)
+    return make(*cargs, **cparams)
 
 
 def in_transaction(dbapi_connection: Any) -> bool:
@@ -153,7 +157,11 @@ class _CheckedMutex(asyncio.Lock):
         self._open = _ADAPTER_OPEN  # truthy while the adapter holds a transaction (it sends no BEGIN)
 
     async def __aenter__(self) -> None:
-        await self.acquire()
+        waiters = self._waiters  # asyncio.Lock.acquire's own fast path, without its coroutine frame
+        if self._locked or (waiters and not all(waiter.cancelled() for waiter in waiters)):  # type: ignore[has-type]
+            await self.acquire()
+        else:
+            self._locked = True
         state = self.state
         try:
             if not (state.ready and state.tenancy.active):

@@ -30,7 +30,7 @@ __all__ = [
     "arm",
     "autocommit_getter",
     "available",
-    "connect_params",
+    "connect",
     "in_transaction",
     "state_getter",
 ]
@@ -87,8 +87,19 @@ def autocommit_getter(dialect: Dialect) -> tuple[Any, object]:
     return operator.attrgetter(f"{_cursor_path(dialect)}._autocommit"), True
 
 
-def connect_params(cparams: dict[str, Any]) -> None:
-    """Nothing to change: psycopg's connections are given their subclass as they are armed."""
+def connect(dialect: Dialect, make: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+    """SQLAlchemy's own connect, making psycopg connections of pgtenancy's subclass from the start.
+
+    (A connection given the subclass after it was made keeps working, but CPython's attribute caches then
+    miss on it: ~20k more instructions per transaction, measured.) Sync psycopg takes no class parameter,
+    so its connection is made here, the way SQLAlchemy's dialect would.
+    """
+    import psycopg
+
+    if dialect.is_async:
+        cparams.setdefault("async_creator_fn", _tenant_aware(psycopg.AsyncConnection).connect)
+        return make(*cargs, **cparams)
+    return _tenant_aware(psycopg.Connection).connect(*cargs, **cparams)
 
 
 def _driver(dbapi_connection: Any) -> Any:
@@ -119,7 +130,7 @@ def arm(dbapi_connection: Any, state: ConnectionState) -> None:
     driver._pgtenancy = state
 
 
-def _tenant_aware(base: type) -> type:
+def _tenant_aware(base: type[Any]) -> type[Any]:
     """A subclass of psycopg's (Async)Connection ``base``: ``_start_query`` carries and checks the tenant."""
     subclass = _subclasses.get(base)
     if subclass is not None:
