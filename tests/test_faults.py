@@ -61,8 +61,9 @@ async def test_a_failed_apply_on_a_reused_connection_is_refused_or_carries_the_t
                 seen.append(set((await conn.execute(READ)).scalars()))
             except (TenancyError, DBAPIError, InterfaceError) as error:
                 seen.append(type(error).__name__)
-    # never a silent empty result: every read is A's rows, or refused
+    # never a silent empty result: every read is A's rows, or refused; and the connection recovers
     assert all(outcome == {A} or isinstance(outcome, str) for outcome in seen), seen
+    assert seen[-1] == {A}, seen
     await engine.dispose()
 
 

@@ -7,7 +7,8 @@ Private names relied on (verified with SQLAlchemy 2.0.50, 2.0.58 and 2.1.9, asyn
   ``_connection`` (asyncpg's connection), ``isolation_level`` (``"autocommit"``: no BEGIN is sent) and
   ``_transaction`` (2.1) or ``_started`` (2.0): whether it will send BEGIN before the statement;
 - SQLAlchemy's ``AsyncAdapt_asyncpg_cursor``: ``_connection`` and ``_adapt_connection``;
-- asyncpg's ``Connection._protocol``, whose ``is_in_transaction()`` gives the server's status in C;
+- asyncpg's ``Connection._protocol``, whose ``is_in_transaction()`` gives the server's status in C, and
+  ``Connection._top_xact``, cleared after pgtenancy rolls back a transaction whose tenant it could not apply;
 - the standard library's ``asyncio.Lock``: ``_locked`` and ``_waiters``, to take a free lock the way its
   ``acquire()`` does but without a coroutine frame per statement (Python 3.11 to 3.13).
 
@@ -42,6 +43,7 @@ __all__ = [
 NAME: Final = "asyncpg"
 PRIVATE_NAMES: Final = (
     "asyncio.Lock._locked, asyncio.Lock._waiters (acquire's fast path)",
+    "asyncpg Connection._top_xact (cleared after rolling back a transaction whose tenant failed)",
     "asyncpg Connection._protocol (its is_in_transaction(): the server's transaction status, in C)",
     "sqlalchemy AsyncAdapt_asyncpg_connection._transaction (2.1) / _started (2.0)",
     "sqlalchemy AsyncAdapt_asyncpg_connection._execute_mutex",
@@ -221,10 +223,29 @@ class _Hooks:
         try:
             result = await self._base_execute(begin)
             await self._base_execute(apply)
-        except BaseException:
+        except BaseException as error:
             state.failed()  # the open transaction carries no tenant: its statements are refused
+            connection: Any = self  # an asyncpg Connection: _Hooks is mixed into its subclass
+            if isinstance(error, Exception) and connection.is_in_transaction():
+                await self._abandon()
             raise
         return result
+
+    async def _abandon(self) -> None:
+        """Roll back a transaction whose tenant could not be applied, so the connection can begin anew.
+
+        asyncpg keeps the ``Transaction`` whose start failed as the connection's top transaction and would
+        treat every later BEGIN as a savepoint inside it: that record is cleared too.
+        """
+        try:
+            await self._base_execute("ROLLBACK")
+        except Exception:
+            return
+        connection: Any = self
+        connection._top_xact = None
+        state = self._pgtenancy
+        if state is not None:
+            state.applied = None
 
 
 def _tenant_aware(base: type[Any], storage: bool) -> type:
