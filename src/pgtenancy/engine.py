@@ -334,9 +334,9 @@ class _DriverLevel(_Listeners):
             verdict = self._vetted.get(statement)
             if verdict is not CLEAN:
                 verdict = self._verdict(statement, args)
-                if verdict.session_state:
-                    state.mark_dirty(self.resolve(current_binding())[0])
-            self.resolve(current_binding())  # NoTenantError, InvalidTenantError: nothing is sent
+            value = self.resolve(current_binding())[0]  # NoTenantError, InvalidTenantError: nothing is sent
+            if verdict is not CLEAN and verdict.session_state:
+                state.mark_dirty(value)
             if self._isolation(cursor) == self._autocommit:
                 raise _autocommit_error()
         run(cursor, statement, *args)

@@ -78,10 +78,6 @@ def vet(statement: str, setting: str) -> Verdict:
 
 def _repoints(lowered: str, setting: str) -> bool:
     """Whether ``setting`` occurs other than as ``current_setting('setting'`` in any normalised form."""
-    if setting not in _SPACE_AND_QUOTES.sub("", lowered) and not any(
-        setting in _SPACE_AND_QUOTES.sub("", variant) for variant in _without_comments(lowered)
-    ):
-        return False
     for variant in (lowered, *_without_comments(lowered)):
         flat = _SPACE_AND_QUOTES.sub("", variant)
         start = flat.find(setting)
