@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextvars
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Final
 
+from pgtenancy.awaitables import DONE
 from pgtenancy.config import TenantId, validate_tenant_id
 from pgtenancy.errors import InvalidTenantError
 
@@ -55,10 +56,8 @@ class _Binder:
     """
 
     __slots__ = ("_token", "_value")
-
-    def __init__(self, value: TenantId | _NoTenant) -> None:
-        self._value = value
-        self._token: contextvars.Token[TenantId | _NoTenant | None] | None = None
+    _token: contextvars.Token[TenantId | _NoTenant | None] | None
+    _value: TenantId | _NoTenant
 
     def __enter__(self) -> TenantId | None:
         if self._token is not None:
@@ -72,17 +71,21 @@ class _Binder:
         _binding.reset(self._token)  # type: ignore[arg-type]
         self._token = None
 
-    async def __aenter__(self) -> TenantId | None:  # the body of __enter__, without a second frame
+    def __aenter__(self) -> Awaitable[None]:  # no coroutine per call: bound now, then awaited as done
         if self._token is not None:
             raise RuntimeError("this tenant context is already entered: create one per with block")
         self._token = _binding.set(self._value)
-        return None if self._value is NO_TENANT else self._value  # type: ignore[return-value]
+        return DONE
 
-    async def __aexit__(
+    def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    ) -> Awaitable[None]:
         _binding.reset(self._token)  # type: ignore[arg-type]
         self._token = None
+        return DONE
+
+
+_new: Final = object.__new__
 
 
 def tenant_context(tenant_id: TenantId, *, key_type: str | None = None) -> _Binder:
@@ -93,15 +96,19 @@ def tenant_context(tenant_id: TenantId, *, key_type: str | None = None) -> _Bind
     :param key_type: optional ``"uuid"``, ``"int"`` or ``"str"`` to validate (and canonicalise) now.
     """
     if key_type is not None:
-        return _Binder(validate_tenant_id(tenant_id, key_type))
-    if isinstance(tenant_id, bool) or not isinstance(tenant_id, (str, int, uuid.UUID)):
+        tenant_id = validate_tenant_id(tenant_id, key_type)
+    elif isinstance(tenant_id, bool) or not isinstance(tenant_id, (str, int, uuid.UUID)):
         raise InvalidTenantError(
             f"a tenant id must be a str, int or UUID, not {type(tenant_id).__name__}; "
             "use without_tenant() for work on behalf of no tenant"
         )
-    return _Binder(tenant_id)
+    binder = _new(_Binder)  # built here rather than by an __init__: one frame less per request
+    binder._value, binder._token = tenant_id, None
+    return binder
 
 
 def without_tenant() -> _Binder:
     """Run the enclosed block on behalf of no tenant: RLS then returns no rows and rejects writes."""
-    return _Binder(NO_TENANT)
+    binder = _new(_Binder)
+    binder._value, binder._token = NO_TENANT, None
+    return binder

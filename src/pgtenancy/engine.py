@@ -300,7 +300,7 @@ class _DriverLevel(_Listeners):
 
         vars(dialect)["connect"] = make_connection
         for name in self._CHECKED:
-            vars(dialect)[name] = functools.partial(self._checked, getattr(dialect, name))
+            vars(dialect)[name] = self._checked(getattr(dialect, name))
         return super().install(engine)
 
     def remove(self, engine: Engine) -> None:
@@ -322,24 +322,31 @@ class _DriverLevel(_Listeners):
                 raise
         self.adapter.arm(dbapi_connection, ConnectionState(self, ready=True))
 
-    def _checked(self, run: Any, cursor: Any, statement: str, *args: Any) -> None:
-        """Read the statement and the binding, then ``run`` it (the driver adapter checks it as sent)."""
-        try:
-            state = self._state_of(cursor)
-        except AttributeError:  # a driver connection made before instrument()
-            state = None
-        if state is None or state.tenancy is not self:
-            state = self._arm_late(args[-1])  # args end with the execution context
-        if state.ready:
-            verdict = self._vetted.get(statement)
-            if verdict is not CLEAN:
-                verdict = self._verdict(statement, args)
-            value = self.resolve(current_binding())[0]  # NoTenantError, InvalidTenantError: nothing is sent
-            if verdict is not CLEAN and verdict.session_state:
-                state.mark_dirty(value)
-            if self._isolation(cursor) == self._autocommit:
-                raise _autocommit_error()
-        run(cursor, statement, *args)
+    def _checked(self, run: Any) -> Any:
+        """``run`` (a dialect's ``do_execute*``), reading the statement and the binding first; the driver
+        adapter then checks the statement as it is sent. A closure: what it reads per statement is local."""
+        state_of, vetted, resolve, verdict_of = self._state_of, self._vetted, self.resolve, self._verdict
+        isolation, autocommit, arm_late = self._isolation, self._autocommit, self._arm_late
+
+        def checked(cursor: Any, statement: str, *args: Any) -> None:
+            try:
+                state = state_of(cursor)
+            except AttributeError:  # a driver connection made before instrument()
+                state = None
+            if state is None or state.tenancy is not self:
+                state = arm_late(args[-1])  # args end with the execution context
+            if state.ready:
+                verdict = vetted.get(statement)
+                if verdict is not CLEAN:
+                    verdict = verdict_of(statement, args)
+                value = resolve(current_binding())[0]  # NoTenantError, InvalidTenantError: nothing is sent
+                if verdict is not CLEAN and verdict.session_state:
+                    state.mark_dirty(value)
+                if isolation(cursor) == autocommit:
+                    raise _autocommit_error()
+            run(cursor, statement, *args)
+
+        return checked
 
     def _arm_late(self, context: Any) -> ConnectionState:
         """Govern a connection made before ``instrument()`` (or under another instrumentation) from now on."""
