@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 from sqlalchemy import create_engine
+from sqlalchemy.exc import DBAPIError
 
 from pgtenancy.audit import PROBE_RULES, audit
 from tests import audit_sandbox
@@ -168,3 +169,119 @@ def test_probes_of_the_seeded_shared_schema_find_nothing(seeded) -> None:
     engine.dispose()
     assert before == after
     assert report.failing == ()
+
+
+EXOTIC_COLUMNS = (
+    "CREATE TYPE {s}.mood AS ENUM ('calm', 'busy');"
+    "CREATE DOMAIN {s}.short_code AS text NOT NULL CHECK (VALUE ~ '^[a-z]{{1,3}}$');"
+    "CREATE TABLE {s}.orgs (tenant_id uuid NOT NULL, id bigint GENERATED ALWAYS AS IDENTITY,"
+    " name text NOT NULL CHECK (name <> ''), PRIMARY KEY (tenant_id, id));"
+    "CREATE TABLE {s}.t (id bigint GENERATED ALWAYS AS IDENTITY, tenant_id uuid NOT NULL,"
+    " org_id bigint NOT NULL, during tstzrange NOT NULL, seats int4range NOT NULL CHECK (NOT isempty(seats)),"
+    " mood {s}.mood NOT NULL, code {s}.short_code, tags text[] NOT NULL, doc jsonb NOT NULL,"
+    " qty integer NOT NULL CHECK (qty BETWEEN 1 AND 5), email text NOT NULL,"
+    " slug text GENERATED ALWAYS AS (lower(email)) STORED,"
+    " PRIMARY KEY (tenant_id, id), UNIQUE (tenant_id, email),"
+    " FOREIGN KEY (tenant_id, org_id) REFERENCES {s}.orgs (tenant_id, id));"
+)
+
+
+def exotic_table(box: Sandbox, *, insert_check: str) -> None:
+    """A tenant table whose rows need a parent, ranges, an enum, a domain, an array, json and CHECKs."""
+    box.sql(EXOTIC_COLUMNS)
+    for name in ("orgs", "t"):
+        box.sql(
+            "ALTER TABLE {s}." + name + " ENABLE ROW LEVEL SECURITY;"
+            "ALTER TABLE {s}." + name + " FORCE ROW LEVEL SECURITY;"
+            "CREATE POLICY tenant_isolation ON {s}." + name + " USING ({p}) WITH CHECK ({p});"
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON {s}." + name + " TO {app}"
+        )
+    box.sql("CREATE POLICY lax_insert ON {s}.t FOR INSERT WITH CHECK (" + insert_check + ")")
+
+
+def test_probes_build_rows_for_every_column_type_and_their_parents(sandbox: Sandbox) -> None:
+    exotic_table(sandbox, insert_check="true")
+    before = sandbox.checksums()
+    report = sandbox.audit()
+    assert sandbox.checksums() == before
+    confirmed = {f.rule for f in report.findings if f.confirmed and f.object.endswith(".t")}
+    assert confirmed == {"PGT102", "PGT106"}, [(f.rule, f.object, f.message) for f in report.findings]
+    assert "PGT100" not in report.rules(), [f.message for f in report.findings if f.rule == "PGT100"]
+    # the reproduction really inserts: parent rows and values that pass every constraint
+    leak = next(f for f in report.findings if f.rule == "PGT102")
+    assert "INSERT INTO" in (leak.reproduction or "")
+
+
+def test_probes_of_the_same_table_done_right_find_nothing(sandbox: Sandbox) -> None:
+    exotic_table(sandbox, insert_check="{p}")
+    report = sandbox.audit()
+    assert report.failing == (), [(f.rule, f.object, f.message) for f in report.failing]
+
+
+def test_assert_tenant_isolated_sees_an_insert_hole_behind_a_composite_foreign_key(sandbox: Sandbox) -> None:
+    from pgtenancy.testing import assert_tenant_isolated
+
+    exotic_table(sandbox, insert_check="true")
+    url = sandbox.database.url("app")
+    with pytest.raises(AssertionError, match="PGT102"):
+        assert_tenant_isolated(url, sandbox.schema + ".t", [audit_sandbox.TENANT_A, audit_sandbox.TENANT_B])
+
+
+def test_a_probe_that_cannot_build_a_row_is_a_warning_with_its_reason(sandbox: Sandbox) -> None:
+    sandbox.table()
+    sandbox.sql("ALTER TABLE {s}.t ADD COLUMN lsn pg_lsn NOT NULL DEFAULT '0/0'")
+    sandbox.sql("ALTER TABLE {s}.t ALTER COLUMN lsn DROP DEFAULT", as_owner=True)
+    sandbox.sql("CREATE POLICY lax_insert ON {s}.t FOR INSERT WITH CHECK (true)")
+    report = sandbox.audit()
+    undecided = [f for f in report.findings if f.rule == "PGT100"]
+    assert undecided and undecided[0].severity == "warning"
+    assert "pg_lsn" in undecided[0].message
+    assert report.failing  # a check that could not run never passes
+
+
+@pytest.mark.parametrize(
+    ("policy_check", "values", "expected"),
+    [
+        ("false", "42, 7", "42501"),
+        ("true", "42, 7", "23503"),
+        ("false", "1, 1", "42501"),
+        ("true", "1, 1", "23505"),
+    ],
+    ids=[
+        "foreign-key-refused-by-policy",
+        "foreign-key-admitted",
+        "unique-refused-by-policy",
+        "unique-admitted",
+    ],
+)
+def test_policies_are_checked_before_foreign_and_unique_keys(
+    sandbox: Sandbox, policy_check: str, values: str, expected: str
+) -> None:
+    """The probes read a write stopped by a foreign or unique key as admitted by the policies: PostgreSQL
+    checks row-level security before those constraints (the day it stops, this test fails)."""
+    sandbox.sql(
+        "CREATE TABLE {s}.parent (id int PRIMARY KEY); INSERT INTO {s}.parent VALUES (1);"
+        "CREATE TABLE {s}.child (tenant_id uuid NOT NULL, parent_id int NOT NULL REFERENCES {s}.parent,"
+        " code int NOT NULL UNIQUE); INSERT INTO {s}.child VALUES (gen_random_uuid(), 1, 1);"
+        "ALTER TABLE {s}.child ENABLE ROW LEVEL SECURITY; ALTER TABLE {s}.child FORCE ROW LEVEL SECURITY;"
+        "CREATE POLICY p ON {s}.child USING (true) WITH CHECK (" + policy_check + ");"
+        "GRANT SELECT, INSERT ON {s}.child TO {app}"
+    )
+    engine = create_engine(sandbox.database.url("app"))
+    try:
+        with engine.connect() as conn, pytest.raises(DBAPIError) as raised:
+            conn.exec_driver_sql(
+                "INSERT INTO " + sandbox.schema + ".child VALUES (gen_random_uuid(), " + values + ")"
+            )
+    finally:
+        engine.dispose()
+    assert getattr(raised.value.orig, "sqlstate", None) == expected
+
+
+def test_probes_when_the_app_role_bypasses_rls_are_a_warning(sandbox: Sandbox) -> None:
+    sandbox.table()
+    bypassing = sandbox.role("BYPASSRLS")
+    sandbox.sql("GRANT SELECT ON {s}.t TO " + bypassing)
+    report = sandbox.audit(role=bypassing)
+    undecided = [f for f in report.findings if f.rule == "PGT100"]
+    assert undecided and undecided[0].severity == "warning"

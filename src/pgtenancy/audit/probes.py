@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import (
     Connection,
     Engine,
     Executable,
+    Select,
     String,
     column,
     delete,
     func,
     insert,
-    literal,
     select,
     table,
     text,
@@ -27,18 +27,17 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ColumnElement, TableClause
 from sqlalchemy.sql.functions import Function
-from sqlalchemy.types import TypeEngine, UserDefinedType
 
 from pgtenancy.audit.findings import Finding, Rule
+from pgtenancy.audit.rows import Blueprints, Plan, RowBuilder, Unbuildable, sqlstate, untyped
 from pgtenancy.audit.snapshot import Column, Relation, Snapshot
 from pgtenancy.drivers import set_local_renderer
 
-__all__ = ["PROBE_RULES", "Leak", "Target", "probe_table", "run_probes"]
+__all__ = ["PROBE_RULES", "Leak", "Outcome", "Target", "probe_table", "run_probes"]
 
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 _preparer = _DIALECT.identifier_preparer
 _TIMEOUTS = {"statement_timeout": "5s", "lock_timeout": "1s"}
-_FILLERS = {"S": "pgtenancy-probe", "N": "0", "B": "false", "D": "now", "A": "{}"}
 _PRIVILEGES = {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE"}
 
 PROBE_RULES: dict[str, Rule] = {
@@ -46,10 +45,11 @@ PROBE_RULES: dict[str, Rule] = {
     for r in (
         Rule(
             "PGT100",
-            "info",
-            "Probe not run",
-            "A probe could not run; the static rules still apply.",
-            "Audit as a superuser (or a member of the app role) so the probes can SET ROLE to the app role.",
+            "warning",
+            "Probe could not run",
+            "A probe could not run, so isolation of the object is unproven; the reason is in the message.",
+            "Audit as a superuser (or a member of the app role) so the probes can SET ROLE to the app role "
+            "and write probe rows; for a row pgtenancy cannot build, see the message.",
         ),
         Rule(
             "PGT101",
@@ -105,49 +105,30 @@ PROBE_RULES: dict[str, Rule] = {
 }
 
 
-class _Untyped(UserDefinedType[str]):
-    """A text value sent without a type: PostgreSQL gives it the type of the column it meets."""
-
-    cache_ok = True
-
-    def get_col_spec(self, **kw: Any) -> str:
-        return "unknown"
-
-    def literal_processor(self, dialect: Any) -> Any:
-        string: TypeEngine[str] = String()
-        return string.literal_processor(dialect)
-
-
-def _value(value: str) -> ColumnElement[str]:
-    return literal(value, _Untyped())
+_value = untyped
+_REFUSED = "42501"  # insufficient_privilege: no privilege, or a row-level security policy said no
+# Raised by constraints PostgreSQL checks only after a write passed the row-level security policies:
+# a write stopped by one of these was admitted by the policies (pinned by test_audit_probes.py).
+_AFTER_POLICIES = {"23502", "23503", "23505", "23P01"}
 
 
 @dataclass(frozen=True)
 class Target:
-    """A tenant table to probe: its table clause, tenant column, and values that make a valid row."""
+    """A tenant table to probe: its table clause and tenant column (rows are planned per tenant)."""
 
     display: str
+    oid: int
     table: TableClause
     tenant_column: Column
-    fillers: tuple[tuple[str, str], ...]  # (column, value) for NOT NULL columns without a default
 
     @classmethod
     def of(cls, relation: Relation) -> Target | None:
-        """The target for ``relation``, or None when pgtenancy cannot build a row or tenant id for it."""
+        """The target for ``relation``, or None when pgtenancy cannot make up a tenant id of its type."""
         tenant = relation.column(relation.tenant_column or "")
         if tenant is None or _fresh_value(tenant) is None:
             return None
-        fillers = []
-        for other in relation.columns:
-            if other.required and other.name != tenant.name:
-                value = _filler(other)
-                if value is None:
-                    return None
-                fillers.append((other.name, value))
-        clause = table(
-            relation.name, column(tenant.name), *(column(name) for name, _ in fillers), schema=relation.schema
-        )
-        return cls(relation.qualified, clause, tenant, tuple(fillers))
+        clause = table(relation.name, column(tenant.name), schema=relation.schema)
+        return cls(relation.qualified, relation.oid, clause, tenant)
 
     @property
     def tenant(self) -> ColumnElement[Any]:
@@ -157,10 +138,10 @@ class Target:
         """A tenant id of the column's type, random enough to own no rows."""
         return _fresh_value(self.tenant_column) or ""
 
-    def insert(self, tenant: str) -> Executable:
-        """INSERT of one valid row of ``tenant``."""
-        values = {self.tenant_column.name: _value(tenant), **{name: _value(v) for name, v in self.fillers}}
-        return insert(self.table).values(values)
+    def insert(self, values: dict[str, str]) -> Executable:
+        """INSERT of one row with these column values (sent untyped)."""
+        clause = table(self.table.name, *(column(name) for name in values), schema=self.table.schema)
+        return insert(clause).values({name: _value(value) for name, value in values.items()})
 
     def select_all(self) -> Executable:
         return select(text("*")).select_from(self.table).limit(5)
@@ -222,15 +203,6 @@ def _fresh_value(column: Column) -> str | None:
     return None
 
 
-def _filler(column: Column) -> str | None:
-    """A value (sent untyped) that a NOT NULL column of this type accepts."""
-    if column.type == "uuid":
-        return str(uuid.uuid4())
-    if column.type in ("json", "jsonb"):
-        return "{}"
-    return _FILLERS.get(column.category)
-
-
 @dataclass(frozen=True)
 class Leak:
     """A probe that crossed tenants: which rule it proves, a sentence, and SQL that reproduces it."""
@@ -242,7 +214,8 @@ class Leak:
 
 @dataclass
 class _Session:
-    """One probing transaction: switches between the auditing role and the app role, binds tenants."""
+    """One probing transaction: switches between the auditing role and the app role, binds tenants,
+    plans probe rows, and keeps what crossed and what could not be decided."""
 
     conn: Connection
     setting: str
@@ -250,16 +223,24 @@ class _Session:
     set_local: bool = (
         False  # bind with SET LOCAL, which Citus forwards to its workers (set_config it does not)
     )
+    builder: RowBuilder | None = None
     bound: str | None = None
+    as_app_now: bool = False
     leaks: list[Leak] = field(default_factory=list)
+    undecided: list[str] = field(default_factory=list)  # probes that could not run, with the reason
+    plans: dict[str, Plan] = field(default_factory=dict)
+    rows: dict[str, tuple[str, str]] = field(default_factory=dict)
+    unbuildable: dict[str, str] = field(default_factory=dict)
 
     def as_app(self) -> None:
         if self.app_role is not None:
             self.conn.exec_driver_sql("SET LOCAL ROLE " + _preparer.quote(self.app_role))
+        self.as_app_now = True
 
     def as_auditor(self) -> None:
         if self.app_role is not None:
             self.conn.exec_driver_sql("SET LOCAL ROLE NONE")
+        self.as_app_now = False
 
     def bind(self, tenant: str) -> None:
         if self.set_local:
@@ -268,25 +249,83 @@ class _Session:
             self.conn.execute(select(func.set_config(self.setting, tenant, True)))
         self.bound = tenant
 
-    def attempt(self, statement: Executable) -> int | None:
-        """Run ``statement`` in a savepoint, always rolled back: rows returned or touched, None if refused."""
+    def prepare(self, target: Target, tenant: str, *, as_auditor: bool) -> None:
+        """Plan rows of ``tenant`` (inserting their parent rows) and find or insert one such row.
+
+        :param as_auditor: write as the auditing role (it bypasses RLS); else as the app role with
+            ``tenant`` bound (on Citus, and when the auditor is the app role).
+        """
+        if tenant in self.plans or tenant in self.unbuildable or self.builder is None:
+            return
+        was_app = self.as_app_now
+        if as_auditor and was_app:
+            self.as_auditor()
+        elif not as_auditor:
+            self.bind(tenant)
+        try:
+            plan = self.builder.plan(target.oid, tenant)
+        except Unbuildable as error:
+            self.unbuildable[tenant] = str(error)
+        else:
+            self.plans[tenant] = plan
+            found = self.conn.execute(target.find(tenant)).first()
+            if found is None and self.attempt(target.insert(plan.render()), keep=True) == 1:
+                found = self.conn.execute(target.find(tenant)).first()
+            if found is not None:
+                self.rows[tenant] = (found[0], found[1])
+        if as_auditor and was_app:
+            self.as_app()
+
+    def values(self, target: Target, tenant: str) -> dict[str, str]:
+        """Column values of a new row of ``tenant``: its plan, or a sketch without parent rows.
+
+        A sketch may break a foreign key; PostgreSQL checks foreign keys only after the policies, so
+        the policies' verdict on it still shows.
+        """
+        plan = self.plans.get(tenant)
+        if plan is None and self.builder is not None:
+            try:
+                plan = self.builder.sketch(target.oid, tenant)
+            except Unbuildable as error:
+                self.unbuildable.setdefault(tenant, str(error))
+        if plan is None:
+            return {target.tenant_column.name: tenant}
+        return plan.render()
+
+    def attempt(self, statement: Executable, *, keep: bool = False) -> int | str:
+        """Run ``statement`` in a savepoint (rolled back unless ``keep``): the rows it returned or touched
+        (a write the policies admitted but a later constraint stopped counts as one), 0 when refused,
+        or the error when the outcome says nothing about the policies."""
         nested = self.conn.begin_nested()
         try:
             result = self.conn.execute(statement)
             if result.returns_rows:
-                count: int | None = len(result.all())
+                count: int | str = len(result.all())
             else:  # a utility statement such as TRUNCATE reports -1: it succeeded
                 count = result.rowcount if result.rowcount >= 0 else 1
-        except DBAPIError:
-            count = None
-        nested.rollback()
+        except DBAPIError as error:
+            nested.rollback()
+            state = sqlstate(error)
+            if state == _REFUSED:
+                return 0
+            if state in _AFTER_POLICIES and not isinstance(statement, Select):
+                return 1
+            return str(error.orig or error).strip().splitlines()[0]
+        if keep:
+            nested.commit()
+        else:
+            nested.rollback()
         return count
 
     def crossed(
         self, rule: str, message: str, statement: Executable, shown: Executable | None = None
     ) -> None:
-        """Record a leak when ``statement`` returns or touches a row (``shown``: a readable equivalent)."""
-        if (self.attempt(statement) or 0) > 0:
+        """Record a leak when ``statement`` returns or touches a row (``shown``: a readable equivalent),
+        or that the probe could not decide when it failed for another reason than the policies."""
+        outcome = self.attempt(statement)
+        if isinstance(outcome, str):
+            self.undecided.append(f"{rule} ({message}): {outcome}")
+        elif outcome > 0:
             self.leaks.append(
                 Leak(rule, message, self.reproduction(shown if shown is not None else statement))
             )
@@ -311,6 +350,14 @@ def _render(statement: Executable) -> str:
     return " ".join(str(compiled).split())
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What the probes of one table found: leaks, and probes that could not run (with the reason)."""
+
+    leaks: list[Leak]
+    undecided: list[str]
+
+
 def probe_table(
     conn: Connection,
     target: Target,
@@ -321,7 +368,9 @@ def probe_table(
     tenants: Sequence[str] = (),
     truncate: bool = False,
     set_local: bool = False,
-) -> list[Leak]:
+    blueprints: Blueprints | None = None,
+    tenant_column: Callable[[int], str | None] | None = None,
+) -> Outcome:
     """Try to cross tenants on ``target`` in one transaction that is rolled back; return what crossed.
 
     :param app_role: the role to ``SET LOCAL ROLE`` to for the probes; None when ``conn`` is that role.
@@ -329,6 +378,9 @@ def probe_table(
         real tenants are picked and probe rows inserted without binding a tenant.
     :param tenants: tenant ids to probe (two real ones, or fresh ones, are picked when empty).
     :param set_local: bind tenants with ``SET LOCAL`` (Citus: ``set_config`` stays on the coordinator).
+    :param blueprints: the catalog's insert requirements (read here when not given).
+    :param tenant_column: a table oid's tenant column, to pass tenants to parent rows (default: the
+        target's tenant column name, where a table has it).
     """
     session = _Session(conn, setting, app_role, set_local)
     with conn.begin() as transaction:
@@ -336,36 +388,42 @@ def probe_table(
             for name, value in _TIMEOUTS.items():
                 conn.execute(select(func.set_config(name, value, True)))
             unset = conn.execute(select(func.current_setting(setting, True).is_(None))).scalar_one()
+            catalog = blueprints if blueprints is not None else Blueprints(conn)
+            session.builder = RowBuilder(conn, catalog, tenant_column or _by_name(catalog, target))
             chosen = list(tenants) or _pick_tenants(session, target, auditor_bypasses)
             # Citus refuses a role to touch shard placements another role modified in the transaction,
             # so there every probe row is written by the app role, under its own tenant.
-            rows = (
-                {t: _row_of(session, target, t, insert=not set_local) for t in chosen}
-                if auditor_bypasses
-                else {}
-            )
+            by_auditor = auditor_bypasses and not set_local
+            if by_auditor:
+                for tenant in chosen:
+                    session.prepare(target, tenant, as_auditor=True)
             if unset:
                 session.as_app()
                 _probe_unbound(session, target, chosen[0], "no tenant bound")
                 session.as_auditor()
             if set_local:
                 session.as_app()
-            for tenant in [t for t in chosen if rows.get(t) is None]:
-                session.bind(tenant)
-                rows[tenant] = _row_of(session, target, tenant)
+            for tenant in chosen:
+                session.prepare(target, tenant, as_auditor=False)
             session.as_app()
             session.bind("")
             _probe_unbound(session, target, chosen[0], "the setting reset to ''")
             for n, tenant in enumerate(chosen):
-                _probe_bound(session, target, tenant, chosen[(n + 1) % len(chosen)], rows)
+                _probe_bound(session, target, tenant, chosen[(n + 1) % len(chosen)])
             if truncate:
                 session.crossed(
                     "PGT105", f"TRUNCATE {target.display} succeeded as the app role", target.truncate()
                 )
-            _probe_stranger(session, target, chosen[0])
+            _probe_stranger(session, target, chosen[0], by_auditor)
         finally:
             transaction.rollback()
-    return session.leaks
+    return Outcome(session.leaks, session.undecided)
+
+
+def _by_name(catalog: Blueprints, target: Target) -> Callable[[int], str | None]:
+    """Tables whose columns include the target's tenant column name carry the tenant under that name."""
+    name = target.tenant_column.name
+    return lambda oid: name if catalog.has_column(oid, name) else None
 
 
 def _pick_tenants(session: _Session, target: Target, auditor_bypasses: bool) -> list[str]:
@@ -388,25 +446,6 @@ def _pick_tenants(session: _Session, target: Target, auditor_bypasses: bool) -> 
     return found
 
 
-def _row_of(session: _Session, target: Target, tenant: str, *, insert: bool = True) -> tuple[str, str] | None:
-    """(tableoid, ctid) of a row of ``tenant``, inserting a probe row when it has none (and ``insert``)."""
-    conn = session.conn
-    found = conn.execute(target.find(tenant)).first()
-    if found is not None:
-        return found[0], found[1]
-    if not insert:
-        return None
-    nested = conn.begin_nested()
-    try:
-        conn.execute(target.insert(tenant))
-        found = conn.execute(target.find(tenant)).first()
-    except DBAPIError:
-        nested.rollback()
-        return None
-    nested.commit()  # released into the outer transaction, which is rolled back
-    return (found[0], found[1]) if found is not None else None
-
-
 def _probe_unbound(session: _Session, target: Target, tenant: str, state: str) -> None:
     """With no tenant: nothing may be read, nothing written."""
     session.crossed(
@@ -415,13 +454,11 @@ def _probe_unbound(session: _Session, target: Target, tenant: str, state: str) -
     session.crossed(
         "PGT106",
         f"with {state}, the app role inserts a row for tenant {tenant} into {target.display}",
-        target.insert(tenant),
+        target.insert(session.values(target, tenant)),
     )
 
 
-def _probe_bound(
-    session: _Session, target: Target, tenant: str, other: str, rows: dict[str, tuple[str, str] | None]
-) -> None:
+def _probe_bound(session: _Session, target: Target, tenant: str, other: str) -> None:
     """With ``tenant`` bound: no read, insert, update or delete may reach ``other``'s rows."""
     session.bind(tenant)
     state = f"with tenant {tenant} bound, the app role"
@@ -429,25 +466,30 @@ def _probe_bound(
         "PGT101", f"{state} reads other tenants' rows of {target.display}", target.select_other_than(tenant)
     )
     session.crossed(
-        "PGT102", f"{state} inserts a row for tenant {other} into {target.display}", target.insert(other)
+        "PGT102",
+        f"{state} inserts a row for tenant {other} into {target.display}",
+        target.insert(session.values(target, other)),
     )
-    theirs = rows.get(other)
-    if theirs is not None:
-        session.crossed(
-            "PGT103",
-            f"{state} updates a row of tenant {other} in {target.display}",
-            target.touch(target.row(*theirs, other)),
-            target.touch(target.of_tenant(other)),
-        )
-        session.crossed(
-            "PGT104",
-            f"{state} deletes a row of tenant {other} from {target.display}",
-            target.delete(target.row(*theirs, other)),
-            target.delete(target.of_tenant(other)),
-        )
+    theirs = session.rows.get(other)
+    if theirs is None:
+        reason = session.unbuildable.get(other, "the row could not be inserted")
+        session.undecided.append(f"PGT103/PGT104: tenant {other} has no row to aim at ({reason})")
+        return
+    session.crossed(
+        "PGT103",
+        f"{state} updates a row of tenant {other} in {target.display}",
+        target.touch(target.row(*theirs, other)),
+        target.touch(target.of_tenant(other)),
+    )
+    session.crossed(
+        "PGT104",
+        f"{state} deletes a row of tenant {other} from {target.display}",
+        target.delete(target.row(*theirs, other)),
+        target.delete(target.of_tenant(other)),
+    )
 
 
-def _probe_stranger(session: _Session, target: Target, other: str) -> None:
+def _probe_stranger(session: _Session, target: Target, other: str, by_auditor: bool) -> None:
     """Bound to a tenant that owns no rows, statements without WHERE must touch nothing; then its one
     probe row must not move to ``other``.
 
@@ -461,7 +503,9 @@ def _probe_stranger(session: _Session, target: Target, other: str) -> None:
     session.crossed("PGT101", f"{state} reads rows of {target.display}", target.select_all())
     session.crossed("PGT103", f"{state} updates rows of {target.display}", target.touch())
     session.crossed("PGT104", f"{state} deletes rows of {target.display}", target.delete())
-    if _row_of(session, target, stranger) is not None:
+    session.prepare(target, stranger, as_auditor=by_auditor)
+    session.bind(stranger)
+    if stranger in session.rows:
         session.crossed(
             "PGT103",
             f"{state} moves its own row of {target.display} to tenant {other}",
@@ -471,7 +515,7 @@ def _probe_stranger(session: _Session, target: Target, other: str) -> None:
 
 def _probe_readable(
     conn: Connection, *, source: Executable, setting: str, app_role: str | None, tenant: str, set_local: bool
-) -> Leak | None:
+) -> Outcome:
     """Bind a tenant that owns no rows and select from a view or function: any row crossed tenants."""
     session = _Session(conn, setting, app_role, set_local)
     with conn.begin() as transaction:
@@ -483,7 +527,7 @@ def _probe_readable(
             session.crossed("PGT107", "", source)
         finally:
             transaction.rollback()
-    return session.leaks[0] if session.leaks else None
+    return Outcome(session.leaks, session.undecided)
 
 
 def run_probes(engine: Engine, snapshot: Snapshot, *, auditor: str) -> list[Finding]:
@@ -521,17 +565,22 @@ def _can_assume(engine: Engine, role: str) -> bool:
 def _table_findings(
     engine: Engine, snapshot: Snapshot, app_role: str | None, bypasses: bool
 ) -> Iterator[Finding]:
+    with engine.connect() as conn:
+        blueprints = Blueprints(conn)
+        conn.rollback()
     for relation in snapshot.isolated_tables():
         if not relation.app_privileges & _PRIVILEGES:
             continue
         target = Target.of(relation)
         if target is None:
             yield PROBE_RULES["PGT100"].finding(
-                "table " + relation.qualified, "not probed: pgtenancy cannot build a valid row for it"
+                "table " + relation.qualified,
+                f"not probed: pgtenancy cannot make up a tenant id of type {relation.tenant_column}'s "
+                "column type",
             )
             continue
         with engine.connect() as conn:
-            leaks = probe_table(
+            outcome = probe_table(
                 conn,
                 target,
                 setting=snapshot.setting,
@@ -539,24 +588,39 @@ def _table_findings(
                 auditor_bypasses=bypasses,
                 truncate="TRUNCATE" in relation.app_privileges,
                 set_local=snapshot.citus_tables is not None,
+                blueprints=blueprints,
+                tenant_column=_tenant_columns(snapshot, blueprints, target),
             )
-        for leak in _first_of_each_rule(leaks):
-            rule = PROBE_RULES[leak.rule]
-            yield rule.finding(
-                "table " + relation.qualified,
-                leak.message,
-                fix=rule.fix,
-                confirmed=True,
-                reproduction=leak.reproduction,
-            )
+        yield from _findings("table " + relation.qualified, outcome)
 
 
-def _first_of_each_rule(leaks: list[Leak]) -> list[Leak]:
-    """One reproduction per kind of hole is enough to act on."""
+def _tenant_columns(
+    snapshot: Snapshot, blueprints: Blueprints, target: Target
+) -> Callable[[int], str | None]:
+    """An audited table's own tenant column; elsewhere a column named like the target's."""
+    name = target.tenant_column.name
+
+    def tenant_column(oid: int) -> str | None:
+        relation = snapshot.relations.get(oid)
+        if relation is not None:
+            return relation.tenant_column
+        return name if blueprints.has_column(oid, name) else None
+
+    return tenant_column
+
+
+def _findings(obj: str, outcome: Outcome) -> Iterator[Finding]:
+    """One finding per kind of leak (one reproduction is enough to act on) and one for what could not run."""
     first: dict[str, Leak] = {}
-    for leak in leaks:
+    for leak in outcome.leaks:
         first.setdefault(leak.rule, leak)
-    return list(first.values())
+    for leak in first.values():
+        rule = PROBE_RULES[leak.rule]
+        yield rule.finding(obj, leak.message, fix=rule.fix, confirmed=True, reproduction=leak.reproduction)
+    if outcome.undecided:
+        shown = "; ".join(outcome.undecided[:3])
+        more = f" (and {len(outcome.undecided) - 3} more)" if len(outcome.undecided) > 3 else ""
+        yield PROBE_RULES["PGT100"].finding(obj, f"probes could not run: {shown}{more}")
 
 
 def _readable_findings(engine: Engine, snapshot: Snapshot, app_role: str | None) -> Iterator[Finding]:
@@ -582,7 +646,7 @@ def _readable_findings(engine: Engine, snapshot: Snapshot, app_role: str | None)
         if tenant is None:
             continue
         with engine.connect() as conn:
-            leak = _probe_readable(
+            outcome = _probe_readable(
                 conn,
                 source=source,
                 setting=snapshot.setting,
@@ -590,15 +654,11 @@ def _readable_findings(engine: Engine, snapshot: Snapshot, app_role: str | None)
                 tenant=tenant,
                 set_local=snapshot.citus_tables is not None,
             )
-        if leak is not None:
-            rule = PROBE_RULES["PGT107"]
-            yield rule.finding(
-                name,
-                f"returns rows while tenant {tenant} (which owns none) is bound",
-                fix=rule.fix,
-                confirmed=True,
-                reproduction=leak.reproduction,
-            )
+        leaks = [
+            replace(leak, message=f"returns rows while tenant {tenant} (which owns none) is bound")
+            for leak in outcome.leaks
+        ]
+        yield from _findings(name, Outcome(leaks, outcome.undecided))
 
 
 def _stranger_for(tables: list[Relation | None]) -> str | None:

@@ -300,6 +300,7 @@ class Snapshot:
     relations: dict[int, Relation]
     functions: dict[int, Function] = field(default_factory=dict)
     citus_tables: dict[int, CitusTable] | None = None  # None: the database has no Citus extension
+    admin_roles: frozenset[str] = frozenset()  # roles declared as admin tools: they bypass RLS by design
 
     def isolated_tables(self) -> list[Relation]:
         return [r for r in self.relations.values() if r.isolated]

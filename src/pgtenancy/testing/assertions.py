@@ -66,7 +66,7 @@ def assert_tenant_isolated(
                     + "; ".join(problems)
                     + " (RLS does not bind this role: connect as the application's role)"
                 )
-            leaks = probe_table(
+            outcome = probe_table(
                 conn,
                 target,
                 setting=setting,
@@ -77,9 +77,16 @@ def assert_tenant_isolated(
             )
     finally:
         engine.dispose()
-    if leaks:
-        details = "\n".join(f"- {leak.rule}: {leak.message}\n{_indent(leak.reproduction)}" for leak in leaks)
+    if outcome.leaks:
+        details = "\n".join(
+            f"- {leak.rule}: {leak.message}\n{_indent(leak.reproduction)}" for leak in outcome.leaks
+        )
         raise AssertionError(f"{table} is not isolated between tenants:\n{details}")
+    if outcome.undecided:
+        raise AssertionError(
+            f"cannot prove {table} isolated: probes could not run:\n"
+            + "\n".join("- " + reason for reason in outcome.undecided)
+        )
 
 
 def _target(conn: Connection, table: str, column: str, setting: str) -> tuple[Target, bool]:
@@ -99,7 +106,7 @@ def _target(conn: Connection, table: str, column: str, setting: str) -> tuple[Ta
     target = Target.of(relation)
     if target is None:
         raise ConfigurationError(
-            f"cannot build a probe row for {table!r}: a required column has an unusual type"
+            f"cannot make up tenant ids for {table!r}: its tenant column is neither uuid, integer nor text"
         )
     return target, "TRUNCATE" in relation.app_privileges
 
