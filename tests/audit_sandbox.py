@@ -29,10 +29,11 @@ class Sandbox:
     admin: Engine
     schema: str
     extra_roles: list[str] = field(default_factory=list)
+    app_role: str | None = None  # the case's own app role; default: the database's
 
     @property
     def app(self) -> str:
-        return self.database.roles.app
+        return self.app_role or self.database.roles.app
 
     def sql(self, ddl: str, *, as_owner: bool = True, **names: str) -> None:
         """Run ``ddl`` as the owner role (default) or as the superuser."""
