@@ -10,8 +10,9 @@ draw from may advance, as with any rolled-back insert).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
-from sqlalchemy import URL, Engine, create_engine, make_url, text
+from sqlalchemy import URL, Connection, Engine, create_engine, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
@@ -20,6 +21,7 @@ from pgtenancy.audit.probes import PROBE_RULES, run_probes
 from pgtenancy.audit.rules import RULES, run_rules
 from pgtenancy.audit.snapshot import read_snapshot
 from pgtenancy.config import DEFAULT_SETTING, validate_setting_name
+from pgtenancy.errors import ConfigurationError
 
 __all__ = ["PROBE_RULES", "RULES", "Finding", "Report", "Rule", "audit", "audit_engine"]
 
@@ -32,6 +34,7 @@ def audit(
     schemas: Sequence[str] = ("public",),
     dynamic: bool = True,
     column: str = "tenant_id",
+    admin_roles: Sequence[str] = (),
 ) -> Report:
     """Audit the database at ``url_or_engine`` for the application role ``role``.
 
@@ -40,6 +43,7 @@ def audit(
     :param schemas: the schemas whose tables, views and materialized views are audited.
     :param dynamic: also run the probes (as ``role``, in transactions that are rolled back).
     :param column: the tenant column's name; tables that have it are tenant tables.
+    :param admin_roles: roles of admin tools that bypass row-level security by design; each must exist.
     """
     validate_setting_name(setting)
     engine = audit_engine(url_or_engine)
@@ -49,7 +53,9 @@ def audit(
             snapshot = read_snapshot(
                 conn, role=role or auditor, setting=setting, schemas=schemas, column=column
             )
+            _check_roles_exist(conn, admin_roles)
             transaction.rollback()
+        snapshot = replace(snapshot, admin_roles=frozenset(admin_roles))
         findings = run_rules(snapshot)
         if dynamic:
             findings += run_probes(engine, snapshot, auditor=auditor)
@@ -63,7 +69,24 @@ def audit(
         tenant_tables=len(snapshot.isolated_tables()),
         dynamic=dynamic,
         citus=snapshot.citus_tables is not None,
+        admin_roles=list(admin_roles),
     )
+
+
+def _check_roles_exist(conn: Connection, names: Sequence[str]) -> None:
+    """Raise ``ConfigurationError`` naming every role in ``names`` that the server does not have."""
+    if not names:
+        return
+    found = set(
+        conn.execute(
+            text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:names)"), {"names": list(names)}
+        ).scalars()
+    )
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise ConfigurationError(
+            f"admin role(s) {', '.join(map(repr, missing))} do not exist: name roles of the admin tools"
+        )
 
 
 def audit_engine(url_or_engine: str | URL | Engine | AsyncEngine) -> Engine:

@@ -11,6 +11,7 @@ __all__ = ["SEVERITIES", "Finding", "Report", "Rule", "Severity"]
 
 Severity: TypeAlias = Literal["error", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
+_COUNTS = ("errors", "warnings", "info", "confirmed", "ignored")
 
 
 @dataclass(frozen=True)
@@ -24,11 +25,18 @@ class Finding:
     fix: str | None = None
     confirmed: bool | None = None  # True: a dynamic probe crossed tenants for real
     reproduction: str | None = None  # SQL that shows a confirmed leak
+    ignore_reason: str | None = None  # why an ignore entry or the baseline accepts this finding
+    ignored_by: str | None = None  # where that entry is: a pyproject.toml, a baseline file, --ignore
+
+    @property
+    def ignored(self) -> bool:
+        """Whether an ignore entry or the baseline accepts this finding (it is reported, never failing)."""
+        return self.ignore_reason is not None
 
     @property
     def failing(self) -> bool:
-        """Whether this finding should fail a CI run (errors and warnings do, info does not)."""
-        return self.severity != "info"
+        """Whether this finding should fail a CI run (errors and warnings do, info and ignored ones not)."""
+        return self.severity != "info" and not self.ignored
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: optional keys appear only when they carry a value."""
@@ -42,6 +50,8 @@ class Finding:
             value = getattr(self, key)
             if value is not None:
                 data[key] = value
+        if self.ignored:
+            data.update(ignored=True, ignore_reason=self.ignore_reason, ignored_by=self.ignored_by)
         return data
 
 
@@ -69,20 +79,35 @@ class Report:
 
     @classmethod
     def build(cls, findings: Iterable[Finding], **summary: Any) -> Report:
-        """A report with findings sorted by severity, rule and object, and their counts in the summary."""
+        """A report with findings sorted by severity, rule and object, and their counts in the summary.
+
+        ``errors``, ``warnings`` and ``info`` count the findings that are not ignored; ``ignored`` the rest.
+        """
         ordered = tuple(sorted(findings, key=lambda f: (SEVERITIES.index(f.severity), f.rule, f.object)))
+        active = [f for f in ordered if not f.ignored]
         counts = {
-            "errors": sum(f.severity == "error" for f in ordered),
-            "warnings": sum(f.severity == "warning" for f in ordered),
-            "info": sum(f.severity == "info" for f in ordered),
-            "confirmed": sum(bool(f.confirmed) for f in ordered),
+            "errors": sum(f.severity == "error" for f in active),
+            "warnings": sum(f.severity == "warning" for f in active),
+            "info": sum(f.severity == "info" for f in active),
+            "confirmed": sum(bool(f.confirmed) for f in active),
+            "ignored": len(ordered) - len(active),
         }
         return cls(ordered, {**counts, **summary})
+
+    def with_findings(self, findings: Iterable[Finding], **summary: Any) -> Report:
+        """The same audit with other findings (some now ignored): counts recomputed, ``summary`` added."""
+        kept = {key: value for key, value in self.summary.items() if key not in _COUNTS}
+        return Report.build(findings, **{**kept, **summary})
 
     @property
     def failing(self) -> tuple[Finding, ...]:
         """The errors and warnings: what makes ``pgtenancy check`` exit 1."""
         return tuple(f for f in self.findings if f.failing)
+
+    @property
+    def ignored(self) -> tuple[Finding, ...]:
+        """The findings an ignore entry or the baseline accepts: reported, but never failing."""
+        return tuple(f for f in self.findings if f.ignored)
 
     def rules(self) -> set[str]:
         """The ids of every rule that fired."""
