@@ -16,7 +16,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("pgtenancy.alembic needs Alembic: pip install 'pgtenancy[alembic]'") from exc
 
-from pgtenancy.alembic import compare, render
+from pgtenancy.alembic import compare, render, toimpl
 from pgtenancy.alembic.ops import (
     CreateReferenceTableOp,
     CreateTenantRoleOp,
@@ -68,5 +68,6 @@ __all__ = [
     "render",
     "revoke_temporary_tables",
     "revoke_tenant_access",
+    "toimpl",
     "undistribute_table",
 ]
