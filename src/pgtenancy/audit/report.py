@@ -15,7 +15,20 @@ __all__ = ["SARIF_SCHEMA", "render_json", "render_sarif", "render_text"]
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 _STYLES = {"error": "bold red", "warning": "yellow", "info": "dim"}
 _SARIF_LEVELS = {"error": "error", "warning": "warning", "info": "note"}
-_OBJECT_KINDS = ("materialized view", "table", "view", "function", "policy", "role")
+_OBJECT_KINDS = (  # how findings name objects: "<kind> <name>"; other objects get no kind
+    "materialized view",
+    "foreign table",
+    "table",
+    "view",
+    "function",
+    "policy",
+    "role",
+    "database",
+    "schema",
+    "sequence",
+    "column",
+    "setting",
+)
 
 
 def render_json(report: Report, file: IO[str]) -> None:
