@@ -75,12 +75,15 @@ def check(
     ] = None,
     ignore: Annotated[
         list[str] | None,
-        typer.Option("--ignore", help="Accept findings of RULE (on OBJECT; * matches any text), repeatable."),
+        typer.Option(
+            "--ignore", help="RULE or RULE:OBJECT: accept those findings (* matches any text); repeatable."
+        ),
     ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
-            "--config", help="TOML file with [tool.pgtenancy.check] (default: the nearest pyproject.toml)."
+            "--config",
+            help="TOML file with a tool.pgtenancy.check table (default: nearest pyproject.toml with one).",
         ),
     ] = None,
     baseline: Annotated[
@@ -106,7 +109,7 @@ def check(
         typer.Option("-x", help="NAME=VALUE passed to the migrations, as alembic -x does (repeatable)."),
     ] = None,
 ) -> None:
-    """Audit a live database: exit 0 when clean, 1 on errors or warnings, 2 on usage or connection errors."""
+    """Audit a database: exit 0 when clean, 1 on errors or warnings not accepted, 2 on usage or connection."""
 
     def run(url: str | URL, app_role: str | None) -> Report:
         return audit(
@@ -145,7 +148,7 @@ def check(
         raise typer.Exit(EXIT_USAGE) from exc
     except ImportError as exc:
         typer.echo(
-            f"pgtenancy check: {exc}: the database driver is missing: pip install 'pgtenancy[cli]'", err=True
+            f"pgtenancy check: the database driver is missing ({exc}): pip install 'pgtenancy[cli]'", err=True
         )
         raise typer.Exit(EXIT_USAGE) from exc
     report = apply_suppressions(report, accepted)
