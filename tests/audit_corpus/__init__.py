@@ -8,19 +8,23 @@ the score.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-
-from sqlalchemy import create_engine
-from sqlalchemy.pool import NullPool
+from dataclasses import dataclass, field
 
 from pgtenancy.audit import Finding, Report
 from pgtenancy.testing import TestDatabase
 from tests.audit_corpus import functions, objects, policies, roles, tables
-from tests.audit_corpus.case import Case, Hole, admin_engine, open_case
+from tests.audit_corpus.case import (
+    Case,
+    Hole,
+    admin_engine,
+    drop_own_database,
+    harden,
+    open_case,
+    own_database,
+)
 
 __all__ = [
     "HOLES",
@@ -54,38 +58,6 @@ class Built:
     error: str | None = None
 
 
-def harden(database: TestDatabase) -> None:
-    """Take TEMPORARY from PUBLIC (pgtenancy's hardening op), so only a hole that grants it has it."""
-    engine = create_engine(database.url("admin"), isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("REVOKE TEMPORARY ON DATABASE " + database.name + " FROM PUBLIC")
-    finally:
-        engine.dispose()
-
-
-def _own_database(database: TestDatabase) -> TestDatabase:
-    name = "pgt_corpus_" + secrets.token_hex(3)
-    engine = create_engine(database.url("admin"), isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("CREATE DATABASE " + name + " OWNER " + database.roles.owner)
-    finally:
-        engine.dispose()
-    own = replace(database, name=name)
-    harden(own)
-    return own
-
-
-def _drop_database(database: TestDatabase, own: TestDatabase) -> None:
-    engine = create_engine(database.url("admin"), isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("DROP DATABASE IF EXISTS " + own.name + " WITH (FORCE)")
-    finally:
-        engine.dispose()
-
-
 def build_hole(database: TestDatabase, hole: Hole) -> Built:
     """Build ``hole`` in a fresh schema (and database, if it needs its own); errors are kept, not raised."""
     built = Built(hole)
@@ -97,7 +69,7 @@ def build_hole(database: TestDatabase, hole: Hole) -> Built:
             admin.dispose()
         if built.unavailable:
             return built
-    target = _own_database(database) if hole.own_database else database
+    target = own_database(database) if hole.own_database else database
     try:
         case = open_case(target, label=hole.id)
     except Exception as error:  # the case itself could not be made: report it on the hole
@@ -121,7 +93,7 @@ def close_hole(database: TestDatabase, built: Built) -> None:
     finally:
         built.case.admin.dispose()
         if built.case.own_database:
-            _drop_database(database, built.case.database)
+            drop_own_database(database, built.case.database)
 
 
 @contextmanager

@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, text
@@ -32,8 +32,11 @@ __all__ = [
     "admin_engine",
     "attempt",
     "bind",
+    "drop_own_database",
+    "harden",
     "leaked",
     "open_case",
+    "own_database",
 ]
 
 A_SECRET = "a-private"
@@ -258,3 +261,35 @@ def open_case(database: TestDatabase, *, label: str, app_attributes: str = APP_A
     case.sql("CREATE SCHEMA {s} AUTHORIZATION {owner}", as_owner=False)
     case.app_role = case.role(app_attributes + " PASSWORD '" + database.roles.password + "'")
     return case
+
+
+def harden(database: TestDatabase) -> None:
+    """Take TEMPORARY from PUBLIC (pgtenancy's hardening op), so only a hole that grants it has it."""
+    engine = create_engine(database.url("admin"), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("REVOKE TEMPORARY ON DATABASE " + database.name + " FROM PUBLIC")
+    finally:
+        engine.dispose()
+
+
+def own_database(database: TestDatabase) -> TestDatabase:
+    name = "pgt_corpus_" + secrets.token_hex(3)
+    engine = create_engine(database.url("admin"), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("CREATE DATABASE " + name + " OWNER " + database.roles.owner)
+    finally:
+        engine.dispose()
+    own = replace(database, name=name)
+    harden(own)
+    return own
+
+
+def drop_own_database(database: TestDatabase, own: TestDatabase) -> None:
+    engine = create_engine(database.url("admin"), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("DROP DATABASE IF EXISTS " + own.name + " WITH (FORCE)")
+    finally:
+        engine.dispose()
