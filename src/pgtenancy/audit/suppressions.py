@@ -63,16 +63,11 @@ class Suppression:
         """Whether this entry accepts ``finding``: same rule, object equal or matching the glob."""
         return finding.rule == self.rule and self._pattern.fullmatch(finding.object) is not None
 
-    def describe(self) -> str:
-        """``PGT016 'table public.reports' (pyproject.toml)``: how warnings name the entry."""
-        return f"{self.rule} {self.object!r} ({self.source})"
-
 
 @dataclass(frozen=True)
 class CheckConfig:
     """``[tool.pgtenancy.check]`` of a pyproject.toml: ignore entries and the baseline file."""
 
-    path: Path | None = None  # the pyproject.toml read, if any
     ignores: tuple[Suppression, ...] = ()
     baseline: Path | None = None  # relative paths are resolved against the pyproject.toml's directory
 
@@ -111,7 +106,6 @@ def load_config(path: Path | None = None, *, start: Path | None = None) -> Check
     if baseline is not None and not (isinstance(baseline, str) and baseline):
         raise ConfigurationError(f"{path}: baseline must be a file name")
     return CheckConfig(
-        path=path,
         ignores=tuple(_entry(entry, str(path), glob=True) for entry in entries),
         baseline=path.parent / baseline if baseline else None,
     )
