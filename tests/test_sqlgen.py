@@ -1,19 +1,17 @@
-"""Plain SQL for non-Alembic users: sqlgen, the ``pgtenancy sql`` commands and the sql/ templates."""
+"""Plain SQL for non-Alembic users: sqlgen and the ``pgtenancy sql`` commands, run against a database."""
 
 from __future__ import annotations
 
 import io
 import secrets
-import shutil
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import typer
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy import URL, Connection, create_engine, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
@@ -31,9 +29,6 @@ from pgtenancy.cli.sql import register
 from pgtenancy.ddl import temporary_statements
 from pgtenancy.sqlgen import render_enable_sql, render_grant_sql, render_sql
 from pgtenancy.testing import TestDatabase
-
-TEMPLATES = Path(__file__).resolve().parent.parent / "sql"
-PSQL = shutil.which("psql")
 
 
 def test_rendered_sql_is_what_the_offline_migration_writes():
@@ -58,17 +53,19 @@ def test_cli_prints_the_sql_or_refuses_bad_input():
     assert result.exit_code == 2 and "invalid setting name" in result.stderr and result.stdout == ""
 
 
-def psql(url: URL, template: str, **variables: str) -> subprocess.CompletedProcess[str]:
-    """Run one sql/ template with psql, passing ``variables`` as ``-v name=value``."""
-    options = [arg for name, value in variables.items() for arg in ("-v", name + "=" + value)]
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    return subprocess.run(
-        [PSQL, "-X", "-q", "-d", dsn, *options, "-f", str(TEMPLATES / template)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+def run_sql_command(url: URL, *args: str) -> None:
+    """Print the SQL of ``pgtenancy sql ARGS`` and run it on ``url``, as a user pipes it into psql."""
+    app = typer.Typer()
+    app.command()(lambda: None)
+    register(app)
+    result = CliRunner().invoke(app, ["sql", *args])
+    assert result.exit_code == 0, result.stderr
+    engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(result.stdout)
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture
@@ -82,13 +79,10 @@ def owner(pgtenancy_database: TestDatabase) -> Iterator[Connection]:
     engine.dispose()
 
 
-@pytest.mark.skipif(PSQL is None, reason="the sql/ templates are psql scripts and psql is not installed")
-def test_templates_create_what_the_operations_create(owner: Connection, pgtenancy_database: TestDatabase):
+def test_printed_sql_creates_what_the_operations_create(owner: Connection, pgtenancy_database: TestDatabase):
     url = pgtenancy_database.url("owner")
-    variables = {"schema": "public", "table": "by_template", "column": "tenant_id", "type": "uuid"}
-    for _ in range(2):
-        result = psql(url, "enable_tenant_isolation.sql", setting="app.current_tenant_id", **variables)
-        assert result.returncode == 0, result.stderr
+    for _ in range(2):  # idempotent
+        run_sql_command(url, "enable", "--table", "by_template", "--schema", "public")
     Operations(MigrationContext.configure(owner)).enable_tenant_isolation("by_operation")
 
     template, operation = table_policies(owner, "by_template"), table_policies(owner, "by_operation")
@@ -98,8 +92,7 @@ def test_templates_create_what_the_operations_create(owner: Connection, pgtenanc
     assert table_security(owner, "by_template").rls_forced  # type: ignore[union-attr]
     assert indexes_leading_with(owner, "by_template", "tenant_id") == ["pgtenancy_ix_by_template_tenant_id"]
 
-    result = psql(url, "disable_tenant_isolation.sql", **variables)
-    assert result.returncode == 0, result.stderr
+    run_sql_command(url, "disable", "--table", "by_template", "--schema", "public")
     security = table_security(owner, "by_template")
     assert security is not None and not security.rls_enabled and not security.rls_forced
     assert table_policies(owner, "by_template") == []
@@ -119,43 +112,36 @@ def role(pgtenancy_database: TestDatabase) -> Iterator[str]:
     engine.dispose()
 
 
-@pytest.mark.skipif(PSQL is None, reason="the sql/ templates are psql scripts and psql is not installed")
-def test_role_and_grant_templates(owner: Connection, pgtenancy_database: TestDatabase, role: str):
+def test_printed_role_and_grant_sql(owner: Connection, pgtenancy_database: TestDatabase, role: str):
     for _ in range(2):
-        result = psql(pgtenancy_database.url("admin"), "create_tenant_role.sql", role=role)
-        assert result.returncode == 0, result.stderr
+        run_sql_command(pgtenancy_database.url("admin"), "role", "--name", role)
     info = role_info(owner, role)
     assert info is not None and info.login and not (info.superuser or info.bypassrls or info.createrole)
 
     owner.exec_driver_sql("GRANT TRUNCATE ON by_template TO " + role)
-    variables = {"role": role, "schema": "public", "table": "by_template"}
-    result = psql(pgtenancy_database.url("owner"), "grant_tenant_access.sql", **variables)
-    assert result.returncode == 0, result.stderr
+    run_sql_command(pgtenancy_database.url("owner"), "grant", "--role", role, "--table", "by_template")
     assert table_privileges(owner, role, "by_template") == {"SELECT", "INSERT", "UPDATE", "DELETE"}
     assert sequence_privileges(owner, role, owned_sequences(owner, "by_template")[0]) == {"USAGE"}
 
 
-@pytest.mark.skipif(PSQL is None, reason="the sql/ templates are psql scripts and psql is not installed")
-def test_role_template_refuses_an_existing_role_that_bypasses_rls(
+def test_printed_role_sql_refuses_an_existing_role_that_bypasses_rls(
     pgtenancy_database: TestDatabase, role: str
 ):
     engine = create_engine(pgtenancy_database.url("admin"), poolclass=NullPool, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.exec_driver_sql("CREATE ROLE " + role + " BYPASSRLS")
     engine.dispose()
-    result = psql(pgtenancy_database.url("admin"), "create_tenant_role.sql", role=role)
-    assert result.returncode != 0 and "BYPASSRLS" in result.stderr
+    with pytest.raises(DBAPIError, match="BYPASSRLS"):
+        run_sql_command(pgtenancy_database.url("admin"), "role", "--name", role)
 
 
-@pytest.mark.skipif(PSQL is None, reason="the sql/ templates are psql scripts and psql is not installed")
-def test_revoke_temporary_template(pgtenancy_database: TestDatabase):
+def test_printed_revoke_temporary_sql(pgtenancy_database: TestDatabase):
     app = pgtenancy_database.roles.app
     engine = create_engine(pgtenancy_database.url("admin"), poolclass=NullPool, isolation_level="AUTOCOMMIT")
     has_temporary = text("SELECT has_database_privilege(:r, current_database(), 'TEMPORARY')")
     try:
         for _ in range(2):
-            result = psql(pgtenancy_database.url("admin"), "revoke_temporary_tables.sql", role=app)
-            assert result.returncode == 0, result.stderr
+            run_sql_command(pgtenancy_database.url("admin"), "revoke-temporary", "--role", app)
         with engine.connect() as conn:
             assert conn.execute(has_temporary, {"r": app}).scalar_one() is False
     finally:

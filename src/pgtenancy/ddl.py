@@ -19,6 +19,7 @@ from sqlalchemy.sql.compiler import DDLCompiler
 
 from pgtenancy.config import DEFAULT_SETTING, sql_type_name, validate_setting_name
 from pgtenancy.errors import ConfigurationError
+from pgtenancy.predicate import tenant_predicate_sql
 
 __all__ = [
     "MANAGED_PREFIX",
@@ -98,19 +99,6 @@ def tenant_index_name(table: str, column: str) -> str:
     while len(name.encode()) > _MAX_IDENTIFIER_BYTES - 9:
         name = name[:-1]
     return name + "_" + digest
-
-
-def _tenant_predicate(
-    quoted_column: str, setting_literal: str, key_type: str = "uuid", *, citus: bool = False
-) -> str:
-    """``col = (SELECT NULLIF(current_setting('<setting>', true), '')::<type>)`` from pre-quoted parts.
-
-    The scalar subquery is evaluated once per query (an InitPlan) and keeps the tenant index usable;
-    ``NULLIF`` turns the ``''`` a reset setting reads into NULL, which matches no row. With
-    ``citus=True`` the subquery is left out, as Citus cannot route queries through an InitPlan.
-    """
-    value = "NULLIF(current_setting(" + setting_literal + ", true), '')::" + sql_type_name(key_type)
-    return quoted_column + " = " + (value if citus else "(SELECT " + value + ")")
 
 
 class _TableDDL(DDLElement):
@@ -330,11 +318,8 @@ def _compile_force(element: ForceRowLevelSecurity, compiler: DDLCompiler, **kw: 
 
 @compiles(CreateTenantPolicy)
 def _compile_create_policy(element: CreateTenantPolicy, compiler: DDLCompiler, **kw: Any) -> str:
-    predicate = _tenant_predicate(
-        compiler.preparer.quote(element.column),
-        _literal(compiler, element.setting),
-        element.key_type,
-        citus=element.citus,
+    predicate = tenant_predicate_sql(
+        compiler.preparer.quote(element.column), element.setting, element.key_type, citus=element.citus
     )
     return (
         "CREATE POLICY " + compiler.preparer.quote(element.name) + " ON " + _table(compiler, element)

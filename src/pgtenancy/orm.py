@@ -9,7 +9,8 @@ from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 from sqlalchemy.types import TypeEngine
 
-from pgtenancy.config import DEFAULT_SETTING, sql_type_name, validate_key_type, validate_setting_name
+from pgtenancy.config import DEFAULT_SETTING, validate_key_type
+from pgtenancy.predicate import tenant_value_sql
 
 __all__ = ["TENANT_INFO_KEY", "TenantMixin", "tenant_column", "tenant_default_sql"]
 
@@ -20,8 +21,7 @@ _TYPES: dict[str, type[TypeEngine[Any]]] = {"uuid": UUID, "int": BigInteger, "st
 
 def tenant_default_sql(*, key_type: str = "uuid", setting: str = DEFAULT_SETTING) -> str:
     """The SQL expression that reads the transaction's tenant: NULL (so NOT NULL rejects it) when none."""
-    validate_setting_name(setting)
-    return "NULLIF(current_setting('" + setting + "', true), '')::" + sql_type_name(key_type)
+    return tenant_value_sql(setting, key_type)
 
 
 def tenant_column(

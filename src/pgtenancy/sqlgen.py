@@ -19,6 +19,7 @@ __all__ = [
     "render_disable_sql",
     "render_enable_sql",
     "render_grant_sql",
+    "render_revoke_temporary_sql",
     "render_sql",
 ]
 
@@ -67,3 +68,8 @@ def render_create_role_sql(name: str, *, login: bool = True, password: str | Non
 def render_grant_sql(role: str, table: str, schema: str | None = None) -> str:
     """The SQL of ``op.grant_tenant_access``: DML, sequence USAGE; TRUNCATE, REFERENCES, TRIGGER revoked."""
     return render_sql(ddl.grant_statements(role, table, schema))
+
+
+def render_revoke_temporary_sql(role: str) -> str:
+    """The SQL of ``op.revoke_temporary_tables``: ``role`` (and PUBLIC) may not create temporary tables."""
+    return render_sql(ddl.temporary_statements(role, allow=False))

@@ -34,7 +34,7 @@ def _print(render: Callable[[], str]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``sql`` command group (``enable``, ``disable``, ``role``, ``grant``) to ``app``."""
+    """Add the ``sql`` command group (``enable``, ``disable``, ``role``, ``grant``, ``revoke-temporary``)."""
     sql_app = typer.Typer(help="Print the SQL of pgtenancy's migration operations.", no_args_is_help=True)
 
     @sql_app.command()
@@ -77,5 +77,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """SQL granting ROLE DML on TABLE and USAGE on its sequences; TRUNCATE, REFERENCES, TRIGGER off."""
         _print(lambda: sqlgen.render_grant_sql(role, table, schema))
+
+    @sql_app.command("revoke-temporary")
+    def revoke_temporary(
+        role: Annotated[str, typer.Option("--role", "-r", help="the application's role")],
+    ) -> None:
+        """SQL taking TEMPORARY on the current database from ROLE and PUBLIC (temp tables escape RLS)."""
+        _print(lambda: sqlgen.render_revoke_temporary_sql(role))
 
     app.add_typer(sql_app, name="sql")
