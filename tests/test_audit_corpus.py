@@ -26,8 +26,6 @@ KNOWN_MISSED: frozenset[str] = frozenset(
         "role_default_tenant",
         "rule_copies_rows",
         "trigger_copies_rows",
-        "trusts_application_name",
-        "trusts_is_admin",
     }
 )
 
@@ -37,7 +35,6 @@ KNOWN_FALSE_POSITIVES: frozenset[tuple[str, str]] = frozenset(
     {
         ("PGT003", "table {s}.archive"),  # only a RESTRICTIVE policy: denies all, fails closed
         ("PGT003", "table {s}.drafts"),  # RLS forced, no policy: denies all, fails closed
-        ("PGT008", "policy tenant_isolation on {s}.text_keyed"),  # a uuid's text is never ''
         ("PGT100", "table {s}.bookings"),  # the probes cannot build a row of it
     }
 )
