@@ -4,13 +4,27 @@ another tenant's transaction begins on that connection."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from pgtenancy import tenant_context, without_tenant
 from tests.conftest import ROWS_PER_TENANT, TENANTS
 
 A, B = TENANTS[0], TENANTS[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def temporary_tables(seeded):
+    """The test databases deny TEMPORARY; these cases need the app role to leave temp tables behind."""
+    engine = create_engine(seeded.url("admin"), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'GRANT TEMPORARY ON DATABASE "{seeded.name}" TO "{seeded.roles.app}"')
+    yield
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'REVOKE TEMPORARY ON DATABASE "{seeded.name}" FROM "{seeded.roles.app}"')
+    engine.dispose()
+
+
 LEAVE_BEHIND = {
     "temp table": "CREATE TEMP TABLE loot AS SELECT tenant_id, body FROM notes",
     "temp table shadowing a real one": "CREATE TEMPORARY TABLE notes AS SELECT * FROM public.notes",

@@ -16,6 +16,7 @@ from sqlalchemy import URL, Connection, Engine, create_engine, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
+from pgtenancy.audit import exposure  # noqa: F401 - registers its rules into RULES
 from pgtenancy.audit.findings import Finding, Report, Rule
 from pgtenancy.audit.probes import PROBE_RULES, run_probes
 from pgtenancy.audit.rules import RULES, run_rules

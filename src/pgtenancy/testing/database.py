@@ -109,6 +109,9 @@ def create_template(
 ) -> None:
     """Create the template database: schema ``public`` owned by the owner, usable by the app role.
 
+    As ``op.revoke_temporary_tables`` leaves a database, PUBLIC holds no TEMPORARY on it (nor on its
+    clones): grant it back by name in a test that needs temporary tables.
+
     :param setup: called with a connection as the owner role (in a transaction that is committed)
         and the roles, to build the schema every cloned database starts with.
     """
@@ -123,6 +126,7 @@ def create_template(
         conn.exec_driver_sql("ALTER SCHEMA public OWNER TO " + _quote(roles.owner))
         conn.exec_driver_sql("REVOKE ALL ON SCHEMA public FROM PUBLIC")
         conn.exec_driver_sql("GRANT USAGE ON SCHEMA public TO " + _quote(roles.app))
+        _revoke_temporary(conn, name)
 
     _admin(server, grants, database=name)
     if setup is not None:
@@ -136,8 +140,16 @@ def create_template(
             engine.dispose()
 
 
+def _revoke_temporary(conn: Connection, database: str) -> None:
+    """PUBLIC may not create temporary tables in ``database`` (privileges on a database are not cloned)."""
+    conn.exec_driver_sql("REVOKE TEMPORARY ON DATABASE " + _quote(database) + " FROM PUBLIC")
+
+
 def clone_database(server: TestServer, template: str, name: str, roles: TestRoles) -> TestDatabase:
-    """Create database ``name`` as a copy of ``template`` (fast: a file copy, no replay of the schema)."""
+    """Create database ``name`` as a copy of ``template`` (fast: a file copy, no replay of the schema).
+
+    The copy gets no TEMPORARY for PUBLIC either, as the template.
+    """
 
     def run(conn: Connection) -> None:
         version = int(conn.execute(text("SHOW server_version_num")).scalar_one())
@@ -151,6 +163,7 @@ def clone_database(server: TestServer, template: str, name: str, roles: TestRole
             + _quote(roles.owner)
             + strategy
         )
+        _revoke_temporary(conn, name)
 
     _admin(server, run)
     return TestDatabase(name=name, server=server, roles=roles)
