@@ -106,8 +106,14 @@ def built_holes(database: TestDatabase, holes: list[Hole] = HOLES) -> Iterator[d
             built[hole.id] = build_hole(database, hole)
         yield built
     finally:
+        failures = []
         for one in built.values():
-            close_hole(database, one)
+            try:
+                close_hole(database, one)
+            except Exception as error:  # close the others, then say what was left behind
+                failures.append(f"{one.hole.id}: {type(error).__name__}: {error}")
+        if failures:
+            raise RuntimeError("could not drop every hole: " + "; ".join(failures))
 
 
 def is_named(finding_object: str, expected: str) -> bool:
