@@ -8,6 +8,7 @@ shows none.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
+from pgtenancy.audit import expressions
 from pgtenancy.audit.expressions import SCENARIOS, Analysis, Scenario, analyse, table_expression
 from pgtenancy.errors import ConfigurationError
 from tests import audit_sandbox
@@ -418,7 +420,8 @@ def test_what_cannot_be_analysed_is_said(sandbox: Sandbox, clause: str, reason: 
 
 
 def test_the_parser_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(__import__("sys").modules, "pglast", None)
+    monkeypatch.delattr(expressions, "ast", raising=False)  # as before the first analysis
+    monkeypatch.setitem(sys.modules, "pglast", None)
     with pytest.raises(ConfigurationError, match=r"pgtenancy\[cli\]"):
         uuid_analysis_of("true")
 

@@ -51,10 +51,29 @@ def using_true_beside_correct(box: Sandbox) -> dict:
 
 
 def fail_open_is_null(box: Sandbox) -> dict:
+    # with current_setting('...') (no missing_ok) first, an unset setting raises before IS NULL is reached
     box.table(
-        policy="USING (tenant_id = current_setting('app.current_tenant_id')::uuid "
+        policy="USING (tenant_id = current_setting('app.current_tenant_id', true)::uuid "
         "OR current_setting('app.current_tenant_id', true) IS NULL)"
     )
+    return {}
+
+
+def fail_open_coalesce(box: Sandbox) -> dict:
+    box.table(
+        policy="USING (tenant_id = COALESCE(current_setting('app.current_tenant_id', true)::uuid, tenant_id))"
+    )
+    return {}
+
+
+def trusts_admin_setting(box: Sandbox) -> dict:
+    box.table(policy="USING ({p} OR current_setting('app.is_admin', true) = 'on') WITH CHECK ({p})")
+    return {}
+
+
+def unanalysable_subquery(box: Sandbox) -> dict:
+    box.sql("CREATE TABLE {s}.shared (id bigint); GRANT SELECT ON {s}.shared TO {app}")
+    box.table(policy="USING ({p} OR id IN (SELECT id FROM {s}.shared)) WITH CHECK ({p})")
     return {}
 
 
@@ -188,6 +207,7 @@ HOLES: list[tuple[Callable[[Sandbox], dict], set[str]]] = [
     (with_check_true, {"PGT005"}),
     (using_true_beside_correct, {"PGT006"}),
     (fail_open_is_null, {"PGT007", "PGT008", "PGT009"}),
+    (fail_open_coalesce, {"PGT007", "PGT008"}),
     (missing_nullif, {"PGT008"}),
     (missing_wrapper, {"PGT009"}),
     (fail_open_function, {"PGT010", "PGT011"}),
@@ -206,6 +226,8 @@ HOLES: list[tuple[Callable[[Sandbox], dict], set[str]]] = [
     (truncate_granted, {"PGT023"}),
     (references_and_trigger_granted, {"PGT024"}),
     (no_tenant_index, {"PGT025"}),
+    (trusts_admin_setting, {"PGT028"}),
+    (unanalysable_subquery, {"PGT029"}),
 ]
 
 
@@ -280,6 +302,18 @@ def test_restrictive_tenant_policy_closes_a_permissive_true(sandbox: Sandbox) ->
 def test_and_ed_conditions_do_not_open_the_policy(sandbox: Sandbox) -> None:
     sandbox.table(policy="USING ({p} AND body IS NULL) WITH CHECK ({p} AND body IS NOT NULL)")
     assert "PGT007" not in sandbox.audit(dynamic=False).rules()
+
+
+def test_precedence_of_or_over_and_is_read_from_the_tree(sandbox: Sandbox) -> None:
+    sandbox.table(policy="USING ({p} OR body = 'shared' AND {p} IS NULL) WITH CHECK ({p})")
+    finding = next(f for f in sandbox.audit(dynamic=False).findings if f.rule == "PGT007")
+    assert "with the tenant setting unset (NULL) it admits rows of other tenants" in finding.message
+
+
+def test_text_of_the_key_compared_with_the_setting_is_safe(sandbox: Sandbox) -> None:
+    predicate = "tenant_id::text = current_setting('app.current_tenant_id', true)"
+    sandbox.table(policy="USING (" + predicate + ") WITH CHECK (" + predicate + ")")
+    assert not {"PGT007", "PGT008"} & sandbox.audit(dynamic=False).rules()
 
 
 def test_policy_for_another_role_is_ignored(sandbox: Sandbox) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias
 from pgtenancy.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from pglast import ast
+    from pglast import ast, enums
 
 __all__ = [
     "CLIENT_FUNCTIONS",
@@ -255,13 +255,16 @@ class _Unparsable(Exception):
 
 
 def _require_pglast() -> None:
-    """Fail with the extra to install when PostgreSQL's parser is not available."""
+    """Import PostgreSQL's parser once, into this module's ``ast`` and ``enums``; name the extra if absent."""
+    if "ast" in globals():
+        return
     try:
-        import pglast  # noqa: F401
+        from pglast import ast, enums
     except ImportError as error:
         raise ConfigurationError(
             "the policy analysis needs PostgreSQL's parser: pip install 'pgtenancy[cli]'"
         ) from error
+    globals().update(ast=ast, enums=enums)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -286,7 +289,6 @@ def _single_target(sql: str) -> ast.Node:
 
 def _target(select: ast.Node | None) -> ast.Node | None:
     """The one expression a SELECT computes when it reads no table (no FROM, WHERE, grouping...)."""
-    from pglast import ast
 
     if not isinstance(select, ast.SelectStmt) or not select.targetList or len(select.targetList) != 1:
         return None
@@ -328,7 +330,7 @@ class _Function:
 @functools.lru_cache(maxsize=1024)
 def _parse_function(name: str, definition: str) -> _Function:
     """A SQL or PL/pgSQL function reduced to the expression it returns, or the reason it cannot be."""
-    from pglast import ast, parse_plpgsql, parse_sql, parser
+    from pglast import parse_plpgsql, parse_sql, parser
 
     def unanalysable(problem: str) -> _Function:
         return _Function(name, (), False, None, problem)
@@ -418,8 +420,6 @@ class _Walk:
     seen_functions: set[str] = field(default_factory=set)
 
     def visit(self, node: object, context: _Context, *, inside_subquery: bool, depth: int) -> None:
-        from pglast import ast
-        from pglast.enums import SubLinkType
 
         if isinstance(node, tuple):
             for item in node:
@@ -427,7 +427,7 @@ class _Walk:
             return
         if not isinstance(node, ast.Node):
             return
-        if isinstance(node, ast.SubLink) and node.subLinkType == SubLinkType.EXPR_SUBLINK:
+        if isinstance(node, ast.SubLink) and node.subLinkType == enums.SubLinkType.EXPR_SUBLINK:
             inside_subquery = True
         if isinstance(node, ast.FuncCall):
             name = _function_name(node)
@@ -454,7 +454,6 @@ def _function_name(call: ast.FuncCall) -> tuple[str, ...]:
 
 def _setting_name(call: ast.FuncCall) -> str | None:
     """The literal name ``current_setting`` reads, lower-cased; None when it is computed."""
-    from pglast import ast
 
     argument = call.args[0] if call.args else None
     while isinstance(argument, ast.TypeCast):
@@ -730,7 +729,6 @@ class _Evaluator:
         self.row = row
 
     def value(self, node: object, frame: _Frame) -> dict[_Atom, _Notes]:
-        from pglast import ast
 
         handler = _HANDLERS.get(type(node).__name__)
         if handler is not None and isinstance(node, ast.Node):
@@ -740,7 +738,6 @@ class _Evaluator:
     # -- leaves
 
     def column(self, node: ast.ColumnRef, frame: _Frame) -> dict[_Atom, _Notes]:
-        from pglast import ast
 
         fields = [f.sval for f in node.fields or () if isinstance(f, ast.String)]
         name = fields[-1] if fields and len(fields) == len(node.fields or ()) else None
@@ -761,7 +758,6 @@ class _Evaluator:
         return _unknown("a parameter $" + str(number), approx=True)
 
     def constant(self, node: ast.A_Const, frame: _Frame) -> dict[_Atom, _Notes]:
-        from pglast import ast
 
         value = node.val
         if node.isnull or value is None:
@@ -785,12 +781,11 @@ class _Evaluator:
     # -- operators
 
     def boolean(self, node: ast.BoolExpr, frame: _Frame) -> dict[_Atom, _Notes]:
-        from pglast.enums import BoolExprType
 
         arguments = list(node.args or ())
-        if node.boolop == BoolExprType.NOT_EXPR:
+        if node.boolop == enums.BoolExprType.NOT_EXPR:
             return _not(self.value(arguments[0], frame))
-        conjunction = node.boolop == BoolExprType.AND_EXPR
+        conjunction = node.boolop == enums.BoolExprType.AND_EXPR
         result = self.value(arguments[0], frame)
         for argument in arguments[1:]:
             result = _junction(
@@ -799,13 +794,11 @@ class _Evaluator:
         return result
 
     def operator(self, node: ast.A_Expr, frame: _Frame) -> dict[_Atom, _Notes]:
-        from pglast import ast
-        from pglast.enums import A_Expr_Kind
 
         kind = node.kind
         name = node.name[-1].sval if node.name and isinstance(node.name[-1], ast.String) else ""
         operator = name or ""
-        if kind == A_Expr_Kind.AEXPR_IN and isinstance(node.rexpr, tuple):
+        if kind == enums.A_Expr_Kind.AEXPR_IN and isinstance(node.rexpr, tuple):
             left = self.value(node.lexpr, frame)
             items = [_compare(operator, left, self.value(item, frame)) for item in node.rexpr]
             return _any_of(items, every=operator != "=")
@@ -817,14 +810,14 @@ class _Evaluator:
         if node.lexpr is None:
             return _unknown("the prefix operator " + operator, right)
         left = self.value(node.lexpr, frame)
-        if kind == A_Expr_Kind.AEXPR_OP:
+        if kind == enums.A_Expr_Kind.AEXPR_OP:
             return _compare(operator, left, right)
-        if kind in (A_Expr_Kind.AEXPR_OP_ANY, A_Expr_Kind.AEXPR_OP_ALL):
-            return self.quantified(operator, left, right, every=kind == A_Expr_Kind.AEXPR_OP_ALL)
-        if kind in (A_Expr_Kind.AEXPR_DISTINCT, A_Expr_Kind.AEXPR_NOT_DISTINCT):
+        if kind in (enums.A_Expr_Kind.AEXPR_OP_ANY, enums.A_Expr_Kind.AEXPR_OP_ALL):
+            return self.quantified(operator, left, right, every=kind == enums.A_Expr_Kind.AEXPR_OP_ALL)
+        if kind in (enums.A_Expr_Kind.AEXPR_DISTINCT, enums.A_Expr_Kind.AEXPR_NOT_DISTINCT):
             distinct = _distinct(left, right)
-            return distinct if kind == A_Expr_Kind.AEXPR_DISTINCT else _not(distinct)
-        if kind == A_Expr_Kind.AEXPR_NULLIF:
+            return distinct if kind == enums.A_Expr_Kind.AEXPR_DISTINCT else _not(distinct)
+        if kind == enums.A_Expr_Kind.AEXPR_NULLIF:
             return _nullif(left, right)
         kind_name = kind.name.removeprefix("AEXPR_") if kind is not None else "an operator"
         return _predicate(kind_name + " " + operator, left, right)
@@ -854,7 +847,6 @@ class _Evaluator:
         return _value((_Array(items), notes) for items, notes in combinations)
 
     def null_test(self, node: ast.NullTest, frame: _Frame) -> dict[_Atom, _Notes]:
-        from pglast.enums import NullTestType
 
         pairs: list[tuple[_Atom, _Notes]] = []
         for atom, notes in self.value(node.arg, frame).items():
@@ -865,7 +857,7 @@ class _Evaluator:
             else:
                 pairs.append((atom is None, notes))
         result = _value(pairs)
-        return result if node.nulltesttype == NullTestType.IS_NULL else _not(result)
+        return result if node.nulltesttype == enums.NullTestType.IS_NULL else _not(result)
 
     def boolean_test(self, node: ast.BooleanTest, frame: _Frame) -> dict[_Atom, _Notes]:
         test = node.booltesttype.name if node.booltesttype is not None else "IS_TRUE"
@@ -923,10 +915,9 @@ class _Evaluator:
         return first(0, _NONE)
 
     def sublink(self, node: ast.SubLink, frame: _Frame) -> dict[_Atom, _Notes]:
-        from pglast.enums import SubLinkType
 
         target = _target(node.subselect)
-        if node.subLinkType == SubLinkType.EXPR_SUBLINK and target is not None:
+        if node.subLinkType == enums.SubLinkType.EXPR_SUBLINK and target is not None:
             return self.value(target, frame)
         walk = _Walk()
         walk.visit(node, self.context, inside_subquery=True, depth=frame.depth)
@@ -934,7 +925,6 @@ class _Evaluator:
         return _const(_ANY, inputs | {_Note("approx", "a subquery")})
 
     def cast(self, node: ast.TypeCast, frame: _Frame) -> dict[_Atom, _Notes]:
-        from pglast import ast
 
         type_name = node.typeName
         names = [

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import ClauseElement, String, bindparam, text
 from sqlalchemy.dialects import postgresql
 
 from pgtenancy import citus
+from pgtenancy.audit.expressions import Analysis, analyse, table_expression
 from pgtenancy.audit.findings import Finding, Rule, Severity
 from pgtenancy.audit.snapshot import ForeignKey, Function, Policy, Relation, Snapshot
 
@@ -52,85 +53,81 @@ def run_rules(snapshot: Snapshot) -> list[Finding]:
 # ----------------------------------------------------------------------------- expression analysis
 
 
-def _setting_calls(setting: str) -> re.Pattern[str]:
-    return re.compile(r"current_setting\s*\(\s*'" + re.escape(setting) + "'", re.IGNORECASE)
-
-
-def _reads_setting(expression: str, setting: str) -> bool:
-    return _setting_calls(setting).search(expression) is not None
-
-
-def _without_nullif(expression: str, setting: str) -> bool:
-    """Whether some read of the setting is not wrapped in ``NULLIF(..., '')`` (a reset setting reads '')."""
-    reads = len(_setting_calls(setting).findall(expression))
-    guarded = re.compile(
-        r"NULLIF\s*\(\s*current_setting\s*\(\s*'" + re.escape(setting) + r"'[^)]*\)\s*,\s*''", re.IGNORECASE
-    )
-    return reads > len(guarded.findall(expression))
-
-
-def _unwrapped(expression: str, setting: str) -> bool:
-    """Whether some read of the setting sits outside a ``(SELECT ...)``: then it runs once per row."""
-    for match in _setting_calls(setting).finditer(expression):
-        depth = 0
-        wrapped = False
-        for position in range(match.start() - 1, -1, -1):
-            char = expression[position]
-            if char == ")":
-                depth += 1
-            elif char == "(":
-                if depth == 0 and re.match(r"\(\s*SELECT\b", expression[position:], re.IGNORECASE):
-                    wrapped = True
-                    break
-                depth = max(depth - 1, 0)
-        if not wrapped:
-            return True
-    return False
-
-
-_FAIL_OPEN = (
-    (re.compile(r"\bIS\s+NULL\b", re.IGNORECASE), "IS NULL makes it true when no tenant is bound"),
-    (re.compile(r"\bOR\s+true\b|\btrue\s+OR\b", re.IGNORECASE), "OR true makes it always true"),
-    (
-        re.compile(r"current_setting\s*\([^)]*\)\s*=\s*''", re.IGNORECASE),
-        "comparing the setting with '' makes it true when no tenant is bound",
-    ),
-)
-
-
-def _fail_open_reason(expression: str) -> str | None:
-    """Why ``expression`` can be true for rows of any tenant; only an OR can open an AND-ed tenant test."""
-    if not re.search(r"\bOR\b", expression, re.IGNORECASE):
-        return None  # e.g. "tenant_id = ... AND deleted_at IS NULL" stays bound to the tenant
-    return next((reason for pattern, reason in _FAIL_OPEN if pattern.search(expression)), None)
-
-
-def _constant_true(expression: str | None) -> bool:
-    return expression is not None and expression.strip("() ").lower() == "true"
-
-
-def _tenant_bound(expression: str | None, setting: str) -> bool:
-    """Whether the expression ties rows to the setting with nothing that opens it up."""
-    return (
-        expression is not None
-        and _reads_setting(expression, setting)
-        and _fail_open_reason(expression) is None
+def _analysis(snapshot: Snapshot, table: Relation, expression: str, functions: Iterable[int]) -> Analysis:
+    """What ``expression`` on ``table`` admits, following the policy functions ``functions`` (oids)."""
+    column = table.column(table.tenant_column or "")
+    return _analyse(
+        expression,
+        snapshot.setting,
+        table.tenant_column or "tenant_id",
+        column.type if column else "uuid",
+        snapshot.app.name,
+        _definitions(snapshot, functions),
     )
 
 
-def _guarded(table: Relation, policy: Policy, setting: str, *, check: bool) -> bool:
-    """Whether a restrictive policy (AND-ed with the permissive ones) binds this command to the tenant."""
-    for other in table.policies:
-        if other.permissive or not other.applies_to_app or other.command not in ("*", policy.command):
-            continue
-        expression = (other.check or other.using) if check else other.using
-        if _tenant_bound(expression, setting):
-            return True
-    return False
+@functools.lru_cache(maxsize=4096)
+def _analyse(
+    expression: str,
+    setting: str,
+    column: str,
+    column_type: str,
+    role: str,
+    definitions: tuple[tuple[str, str], ...],
+) -> Analysis:
+    """The analysis, once per distinct expression and table shape (tables often share one policy)."""
+    found = dict(definitions)
+    return analyse(
+        expression, setting=setting, column=column, column_type=column_type, role=role, resolve=found.get
+    )
+
+
+def _definitions(snapshot: Snapshot, oids: Iterable[int]) -> tuple[tuple[str, str], ...]:
+    """Each function's definition by the names a printed expression calls it: qualified, and bare."""
+    bare: dict[str, set[str]] = {}
+    pairs: dict[str, str] = {}
+    for function in (snapshot.functions[oid] for oid in set(oids) if oid in snapshot.functions):
+        pairs[function.schema + "." + function.name] = function.body
+        bare.setdefault(function.name, set()).add(function.body)
+    for name, bodies in bare.items():
+        if len(bodies) == 1:  # an overloaded or repeated name stays unresolved: never the wrong body
+            pairs.setdefault(name, next(iter(bodies)))
+    return tuple(sorted(pairs.items()))
+
+
+def _guarded(snapshot: Snapshot, table: Relation, policy: Policy, *, check: bool) -> bool:
+    """Whether the restrictive policies (AND-ed with the permissive ones) bind this command to the tenant."""
+    others = [
+        other
+        for other in table.policies
+        if not other.permissive and other.applies_to_app and other.command in ("*", policy.command)
+    ]
+    restrictive = [e for o in others if (e := (o.check or o.using) if check else o.using) is not None]
+    if not restrictive:
+        return False
+    functions = [oid for other in others for oid in other.functions]
+    return _analysis(snapshot, table, table_expression(["true"], restrictive), functions).bound
 
 
 def _policy_functions(snapshot: Snapshot, policy: Policy) -> list[Function]:
     return [snapshot.functions[oid] for oid in policy.functions if oid in snapshot.functions]
+
+
+def _open_expressions(snapshot: Snapshot) -> Iterator[tuple[Relation, Policy, str, str, Analysis]]:
+    """(table, policy, USING or WITH CHECK, expression, analysis) of permissive policies no restrictive one
+    closes: what the policy rules judge."""
+    for table, policy in _tables_with_policies(snapshot):
+        if not policy.permissive:
+            continue
+        for label, expression, check in (("USING", policy.using, False), ("WITH CHECK", policy.check, True)):
+            if expression is not None and not _guarded(snapshot, table, policy, check=check):
+                yield (
+                    table,
+                    policy,
+                    label,
+                    expression,
+                    _analysis(snapshot, table, expression, policy.functions),
+                )
 
 
 # ----------------------------------------------------------------------------- naming and fixes
@@ -276,16 +273,16 @@ def _missing_check(snapshot: Snapshot) -> Iterator[Finding]:
     fix="ALTER POLICY p ON t WITH CHECK (<tenant predicate>);",
 )
 def _check_true(snapshot: Snapshot) -> Iterator[Finding]:
-    for table, policy in _tables_with_policies(snapshot):
-        if (
-            policy.permissive
-            and policy.writes
-            and _constant_true(policy.check)
-            and not _guarded(table, policy, snapshot.setting, check=True)
-        ):
+    for table, policy, label, expression, analysis in _open_expressions(snapshot):
+        if label == "WITH CHECK" and analysis.always_true:
+            shown = (
+                "(true)"
+                if expression.strip("() ").lower() == "true"
+                else f"({expression}), true for every row"
+            )
             yield RULES["PGT005"].finding(
                 _policy_object(table, policy),
-                "has WITH CHECK (true): the app can insert or move rows into any tenant",
+                f"has WITH CHECK {shown}: the app can insert or move rows into any tenant",
                 fix=f"{_alter_policy(table, policy)} WITH CHECK ({_tenant_predicate(snapshot, table)});",
             )
 
@@ -299,17 +296,17 @@ def _check_true(snapshot: Snapshot) -> Iterator[Finding]:
     fix="Drop the policy, or make it compare the tenant column with the setting (or make it RESTRICTIVE).",
 )
 def _unbound_policy(snapshot: Snapshot) -> Iterator[Finding]:
-    for table, policy in _tables_with_policies(snapshot):
-        if (
-            not policy.permissive
-            or policy.using is None
-            or _guarded(table, policy, snapshot.setting, check=False)
-        ):
+    for table, policy, label, expression, analysis in _open_expressions(snapshot):
+        if label != "USING":
             continue
-        through = [f for f in _policy_functions(snapshot, policy) if _reads_setting(f.body, snapshot.setting)]
-        if _constant_true(policy.using):
-            message = "is USING (true): it shows every tenant's rows"
-        elif not _reads_setting(policy.using, snapshot.setting) and not through:
+        if analysis.always_true:
+            shown = (
+                "(true)"
+                if expression.strip("() ").lower() == "true"
+                else f"({expression}), true for every row"
+            )
+            message = f"is USING {shown}: it shows every tenant's rows"
+        elif not analysis.reads_setting:
             message = (
                 f"never reads {snapshot.setting!r} (directly or through a function): it isolates nothing"
             )
@@ -326,23 +323,23 @@ def _unbound_policy(snapshot: Snapshot) -> Iterator[Finding]:
     "PGT007",
     "error",
     "Fail-open tenant predicate",
-    why="A predicate that is true when no tenant is bound (IS NULL, = '', OR true) turns a missing tenant "
-    "into access to every tenant.",
+    why="A predicate that admits other tenants' rows when no tenant is bound (IS NULL, = '', a COALESCE "
+    "default) or beside the bound one (OR another condition) turns a missing tenant into access to every "
+    "tenant.",
     fix="USING (and WITH CHECK) (tenant_id = "
     "(SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid))",
 )
 def _fail_open(snapshot: Snapshot) -> Iterator[Finding]:
-    for table, policy in _tables_with_policies(snapshot):
-        if not policy.permissive:
-            continue
-        for label, expression, check in (("USING", policy.using, False), ("WITH CHECK", policy.check, True)):
-            reason = _fail_open_reason(expression) if expression else None
-            if reason and not _guarded(table, policy, snapshot.setting, check=check):
-                yield RULES["PGT007"].finding(
-                    _policy_object(table, policy),
-                    f"{label} ({expression}) fails open: {reason}",
-                    fix=f"{_alter_policy(table, policy)} {label} ({_tenant_predicate(snapshot, table)});",
-                )
+    for table, policy, label, expression, analysis in _open_expressions(snapshot):
+        if analysis.always_true or (label == "USING" and not analysis.reads_setting):
+            continue  # PGT005 / PGT006 say it
+        own = [o.reason for o in analysis.openings if not o.inputs and not o.functions]
+        if own:
+            yield RULES["PGT007"].finding(
+                _policy_object(table, policy),
+                f"{label} ({expression}) fails open: " + "; ".join(own),
+                fix=f"{_alter_policy(table, policy)} {label} ({_tenant_predicate(snapshot, table)});",
+            )
 
 
 @rule(
@@ -355,10 +352,12 @@ def _fail_open(snapshot: Snapshot) -> Iterator[Finding]:
 )
 def _missing_nullif(snapshot: Snapshot) -> Iterator[Finding]:
     for table, policy, expression in _policy_expressions(snapshot):
-        if _without_nullif(expression, snapshot.setting):
+        analysis = _analysis(snapshot, table, expression, policy.functions)
+        if analysis.empty_setting_fails or analysis.empty_tenant_rows:
+            hazards = [r for r in analysis.reasons if "reset to '' a cast" in r or "whose tenant is ''" in r]
             yield RULES["PGT008"].finding(
                 _policy_object(table, policy),
-                f"reads {snapshot.setting!r} without NULLIF(..., ''): ({expression})",
+                f"reads {snapshot.setting!r} without NULLIF(..., ''): ({expression}): " + "; ".join(hazards),
                 fix=_rewrite_policy(snapshot, table, policy),
             )
 
@@ -375,7 +374,7 @@ def _unwrapped_setting(snapshot: Snapshot) -> Iterator[Finding]:
     if snapshot.citus_tables is not None:
         return  # Citus refuses the wrapper on its tables, and tenant tables belong there (PGT026)
     for table, policy, expression in _policy_expressions(snapshot):
-        if _unwrapped(expression, snapshot.setting):
+        if _analysis(snapshot, table, expression, policy.functions).per_row:
             yield RULES["PGT009"].finding(
                 _policy_object(table, policy),
                 f"reads {snapshot.setting!r} outside a scalar subquery: ({expression})",
@@ -400,20 +399,20 @@ def _policy_expressions(snapshot: Snapshot) -> Iterator[tuple[Relation, Policy, 
     "and return false when no tenant is bound.",
 )
 def _policy_function_body(snapshot: Snapshot) -> Iterator[Finding]:
-    for table, policy in _tables_with_policies(snapshot):
+    for table, policy, _, _, analysis in _open_expressions(snapshot):
+        signatures: dict[str, str] = {}
         for function in _policy_functions(snapshot, policy):
-            if not _reads_setting(function.body, snapshot.setting):
-                if _reads_setting(policy.using or "", snapshot.setting):
-                    continue  # the policy itself binds the tenant; the function only adds conditions
-                problem = f"does not read {snapshot.setting!r}"
-            else:
-                problem = _fail_open_reason(function.body) or ""
-                if _without_nullif(function.body, snapshot.setting):
-                    problem = problem or "reads the setting without NULLIF(..., '')"
-            if problem:
-                yield RULES["PGT010"].finding(
-                    _policy_object(table, policy), f"calls {function.signature}, whose body {problem}"
-                )
+            signatures[function.schema + "." + function.name + "()"] = function.signature
+            signatures.setdefault(function.name + "()", function.signature)
+        through: dict[str, list[str]] = {}
+        for opening in analysis.openings:
+            for name in opening.functions:
+                through.setdefault(signatures.get(name, name), []).append(opening.reason)
+        for signature, reasons in through.items():
+            yield RULES["PGT010"].finding(
+                _policy_object(table, policy),
+                f"calls {signature}, whose body opens the policy: " + "; ".join(reasons),
+            )
 
 
 @rule(
@@ -429,6 +428,45 @@ def _policy_function(snapshot: Snapshot) -> Iterator[Finding]:
         for function in _policy_functions(snapshot, policy):
             yield RULES["PGT011"].finding(
                 _policy_object(table, policy), f"calls {function.signature} (its body was audited too)"
+            )
+
+
+@rule(
+    "PGT028",
+    "error",
+    "Policy trusts a client-settable input",
+    why="Any statement the app sends can set application_name or a custom setting such as app.is_admin: "
+    "a policy that opens for such a value opens for whoever sets it.",
+    fix="Grant wider access by role (a policy TO an admin role the app cannot become), never by a value "
+    "the client can set.",
+)
+def _client_input(snapshot: Snapshot) -> Iterator[Finding]:
+    for table, policy, label, expression, analysis in _open_expressions(snapshot):
+        trusted = [o for o in analysis.openings if o.inputs]
+        if trusted:
+            inputs = sorted({i for o in trusted for i in o.inputs})
+            yield RULES["PGT028"].finding(
+                _policy_object(table, policy),
+                f"{label} ({expression}) admits rows of other tenants when the client sets "
+                f"{', '.join(inputs)}: " + "; ".join(o.reason for o in trusted),
+            )
+
+
+@rule(
+    "PGT029",
+    "warning",
+    "Policy expression cannot be analysed",
+    why="Whether the policy admits other tenants' rows depends on something the analysis does not model "
+    "(a subquery, a function it cannot read, an operator such as LIKE): only a review and the dynamic "
+    "probes can tell.",
+    fix="Prefer the canonical tenant predicate, AND-ed with any further condition; otherwise review the "
+    "expression and keep the dynamic probes in CI.",
+)
+def _unanalysable(snapshot: Snapshot) -> Iterator[Finding]:
+    for table, policy, label, expression, analysis in _open_expressions(snapshot):
+        if analysis.unanalysable is not None:
+            yield RULES["PGT029"].finding(
+                _policy_object(table, policy), f"{label} ({expression}): {analysis.unanalysable}"
             )
 
 

@@ -222,25 +222,31 @@ _FOREIGN_TABLES = text(
     """
 )
 
-# Each sequence with the app role's privileges on it and the tables that own it or draw from it in a
-# column default.
+# Each sequence with the app role's privileges on it and the tables that own it (serial, identity).
 _SEQUENCES = text(
     """
     SELECT c.oid, n.nspname, c.relname,
            ARRAY(SELECT p FROM unnest(CAST(ARRAY['SELECT', 'USAGE', 'UPDATE'] AS text[])) p
                   WHERE pg_catalog.has_sequence_privilege(:role, c.oid, p)),
            ARRAY(SELECT d.refobjid FROM pg_catalog.pg_depend d
-                  WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
-                    AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')
-                 UNION
-                 SELECT ad.adrelid FROM pg_catalog.pg_depend d
-                   JOIN pg_catalog.pg_attrdef ad ON ad.oid = d.objid
-                  WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass
-                    AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = c.oid)
+                  WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.objsubid = 0
+                    AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i'))
       FROM pg_catalog.pg_class c
       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
      WHERE c.relkind = 'S' AND n.nspname = ANY(:schemas)
      ORDER BY n.nspname, c.relname
+    """
+)
+
+# The tables whose column defaults draw from each sequence (nextval('s')): one pass over pg_depend.
+_SEQUENCE_DEFAULTS = text(
+    """
+    SELECT d.refobjid, array_agg(DISTINCT ad.adrelid)
+      FROM pg_catalog.pg_depend d
+      JOIN pg_catalog.pg_attrdef ad ON ad.oid = d.objid
+      JOIN pg_catalog.pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
+     WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+     GROUP BY d.refobjid
     """
 )
 
@@ -762,10 +768,7 @@ def read_snapshot(
             )
             for row in conn.execute(_FOREIGN_TABLES, {**params, "privileges": _PRIVILEGES})
         },
-        sequences={
-            row[0]: SequenceAccess(row[0], row[1], row[2], frozenset(row[3]), frozenset(row[4]))
-            for row in conn.execute(_SEQUENCES, params)
-        },
+        sequences=_sequences(conn, params),
         memberships=frozenset((member, role) for member, role in conn.execute(_MEMBERSHIPS)),
         role_settings=tuple(
             RoleSetting(
@@ -787,6 +790,17 @@ def read_snapshot(
             for via, role, count, sample, privileges in conn.execute(_LARGE_OBJECTS, params)
         ),
     )
+
+
+def _sequences(conn: Connection, params: dict[str, Any]) -> dict[int, SequenceAccess]:
+    """The sequences of the audited schemas, each with the tables that own it or draw from it."""
+    defaults: dict[int, list[int]] = {oid: tables for oid, tables in conn.execute(_SEQUENCE_DEFAULTS)}
+    return {
+        oid: SequenceAccess(
+            oid, schema, name, frozenset(privileges), frozenset([*owners, *defaults.get(oid, ())])
+        )
+        for oid, schema, name, privileges, owners in conn.execute(_SEQUENCES, params)
+    }
 
 
 def _database(conn: Connection, app: Role) -> DatabaseFacts:
