@@ -31,13 +31,7 @@ KNOWN_MISSED: frozenset[str] = frozenset(
 
 # The (rule, object) errors and warnings the audit reports on the correct database; names are
 # normalised: {s} its schema, {app} its app role, {reporting} the BYPASSRLS reporting role ...
-KNOWN_FALSE_POSITIVES: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("PGT003", "table {s}.archive"),  # only a RESTRICTIVE policy: denies all, fails closed
-        ("PGT003", "table {s}.drafts"),  # RLS forced, no policy: denies all, fails closed
-        ("PGT100", "table {s}.bookings"),  # the probes cannot build a row of it
-    }
-)
+KNOWN_FALSE_POSITIVES: frozenset[tuple[str, str]] = frozenset()
 
 
 @pytest.fixture(scope="module")

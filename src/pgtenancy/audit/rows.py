@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, String, column, insert, literal, table, text
+from sqlalchemy import Connection, String, column, insert, literal, select, table, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.types import TypeEngine, UserDefinedType
@@ -364,7 +364,7 @@ class RowBuilder:
                         f"no value is known for column {col.name} of type "
                         f"{self._blueprints.type_name(col.type)} in {table_.display}"
                     )
-                options[col.name] = found
+                options[col.name] = [*found, self._existing(table_, col.name, found[0])]
         choice = dict.fromkeys(options, 0)
         plan = Plan(table_.display, fixed, {name: options[name][0] for name in options})
         if not trial:
@@ -378,6 +378,20 @@ class RowBuilder:
                 raise Unbuildable(f"a row of {table_.display} is refused: {message}")
             plan = Plan(table_.display, fixed, {name: options[name][choice[name]] for name in options})
         raise Unbuildable(f"no combination of values passes the constraints of {table_.display}")
+
+    def _existing(self, table_: _Table, name: str, otherwise: Candidate) -> Candidate:
+        """The last resort for a column whose CHECK (or domain) no made-up value passes: a value an
+        existing row holds (read once, as the connection's role sees the table)."""
+        found: list[str | None] = []
+
+        def existing() -> str:
+            if not found:
+                clause = table(table_.name, column(name), schema=table_.schema)
+                read = select(clause.c[name].cast(String)).where(clause.c[name].is_not(None)).limit(1)
+                found.append(self._conn.execute(read).scalar())
+            return found[0] if found[0] is not None else otherwise()
+
+        return existing
 
     def _advance(
         self, table_: _Table, options: dict[str, list[Candidate]], choice: dict[str, int], constraint: str
