@@ -42,7 +42,7 @@ def app_role() -> str:
 
 
 def upgrade() -> None:
-    """Create the tables, isolate the tenant tables, create the app role and grant it access."""
+    """Create the tables, isolate the tenant tables, create the app role, grant it access, no TEMPORARY."""
     op.create_table(
         "plans",
         sa.Column("id", sa.SmallInteger(), autoincrement=False, nullable=False),
@@ -84,11 +84,13 @@ def upgrade() -> None:
     op.execute(GrantReadAccess(role, "plans"))
     for table in TENANT_TABLES:
         op.grant_tenant_access(role, table)
+    op.revoke_temporary_tables(role)  # temporary tables have no row-level security
 
 
 def downgrade() -> None:
     """Revoke the grants, drop the app role, lift the isolation and drop the tables."""
     role = app_role()
+    op.grant_temporary_tables(role)
     for table in reversed(TENANT_TABLES):
         op.revoke_tenant_access(role, table)
     op.execute(RevokeReadAccess(role, "plans"))

@@ -40,11 +40,16 @@ def pgtenancy_citus() -> Iterator[CitusCluster]:
 def pgtenancy_citus_roles(pgtenancy_citus: CitusCluster) -> Iterator[TestRoles]:
     """An owner role and a NOSUPERUSER NOBYPASSRLS app role, made on the coordinator (Citus copies them).
 
-    Whatever they own or were granted is dropped with them at the end of the session.
+    Whatever they own or were granted is dropped with them at the end of the session. As in the
+    databases of ``pgtenancy_database``, PUBLIC holds no TEMPORARY on the cluster's database.
     """
     roles = create_roles(pgtenancy_citus.server)
-    yield roles
     engine = create_engine(pgtenancy_citus.url(), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with engine.connect() as conn:
+        conn.exec_driver_sql(
+            "REVOKE TEMPORARY ON DATABASE " + _quote(pgtenancy_citus.database) + " FROM PUBLIC"
+        )
+    yield roles
     try:
         with engine.connect() as conn:
             conn.exec_driver_sql(
