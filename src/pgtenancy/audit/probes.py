@@ -23,19 +23,19 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ColumnElement, TableClause
 from sqlalchemy.sql.functions import Function
 
+from pgtenancy.audit.attempts import DIALECT, Attempts
 from pgtenancy.audit.findings import Finding, Rule
-from pgtenancy.audit.rows import Blueprints, Plan, RowBuilder, Unbuildable, sqlstate, untyped
+from pgtenancy.audit.rows import Blueprints, Plan, RowBuilder, Unbuildable, untyped
 from pgtenancy.audit.snapshot import Column, Relation, Snapshot
 from pgtenancy.drivers import set_local_renderer
 
 __all__ = ["PROBE_RULES", "Leak", "Outcome", "Target", "probe_table", "run_probes"]
 
-_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+_DIALECT = DIALECT  # values inlined as written: a "%" stays a "%"
 _preparer = _DIALECT.identifier_preparer
 _TIMEOUTS = {"statement_timeout": "5s", "lock_timeout": "1s"}
 _PRIVILEGES = {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE"}
@@ -217,7 +217,7 @@ class _Session:
     """One probing transaction: switches between the auditing role and the app role, binds tenants,
     plans probe rows, and keeps what crossed and what could not be decided."""
 
-    conn: Connection
+    attempts: Attempts
     setting: str
     app_role: str | None  # None: the connection already is the app role
     set_local: bool = (
@@ -234,20 +234,25 @@ class _Session:
 
     def as_app(self) -> None:
         if self.app_role is not None:
-            self.conn.exec_driver_sql("SET LOCAL ROLE " + _preparer.quote(self.app_role))
+            self.attempts.run("SET LOCAL ROLE " + _preparer.quote(self.app_role))
         self.as_app_now = True
 
     def as_auditor(self) -> None:
         if self.app_role is not None:
-            self.conn.exec_driver_sql("SET LOCAL ROLE NONE")
+            self.attempts.run("SET LOCAL ROLE NONE")
         self.as_app_now = False
 
     def bind(self, tenant: str) -> None:
         if self.set_local:
-            self.conn.exec_driver_sql(set_local_renderer(_DIALECT, self.setting)(tenant))
+            self.attempts.run(set_local_renderer(_DIALECT, self.setting)(tenant))
         else:
-            self.conn.execute(select(func.set_config(self.setting, tenant, True)))
+            self.attempts.run(select(func.set_config(_value(self.setting), _value(tenant), True)))
         self.bound = tenant
+
+    def first(self, statement: Executable) -> tuple[Any, ...] | None:
+        """The first row ``statement`` returns (None when none, or when it fails)."""
+        rows = self.attempts.rows(statement)
+        return rows[0] if isinstance(rows, list) and rows else None
 
     def prepare(self, target: Target, tenant: str, *, as_auditor: bool) -> None:
         """Plan rows of ``tenant`` (inserting their parent rows) and find or insert one such row.
@@ -268,9 +273,9 @@ class _Session:
             self.unbuildable[tenant] = str(error)
         else:
             self.plans[tenant] = plan
-            found = self.conn.execute(target.find(tenant)).first()
+            found = self.first(target.find(tenant))
             if found is None and self.attempt(target.insert(plan.render()), keep=True) == 1:
-                found = self.conn.execute(target.find(tenant)).first()
+                found = self.first(target.find(tenant))
             if found is not None:
                 self.rows[tenant] = (found[0], found[1])
         if as_auditor and was_app:
@@ -296,26 +301,16 @@ class _Session:
         """Run ``statement`` in a savepoint (rolled back unless ``keep``): the rows it returned or touched
         (a write the policies admitted but a later constraint stopped counts as one), 0 when refused,
         or the error when the outcome says nothing about the policies."""
-        nested = self.conn.begin_nested()
-        try:
-            result = self.conn.execute(statement)
-            if result.returns_rows:
-                count: int | str = len(result.all())
-            else:  # a utility statement such as TRUNCATE reports -1: it succeeded
-                count = result.rowcount if result.rowcount >= 0 else 1
-        except DBAPIError as error:
-            nested.rollback()
-            state = sqlstate(error)
-            if state == _REFUSED:
-                return 0
-            if state in _AFTER_POLICIES and not isinstance(statement, Select):
-                return 1
-            return str(error.orig or error).strip().splitlines()[0]
-        if keep:
-            nested.commit()
-        else:
-            nested.rollback()
-        return count
+        outcome = self.attempts.rows(statement, keep=keep)
+        if isinstance(outcome, list):
+            return len(outcome)
+        if isinstance(outcome, int):
+            return outcome
+        if outcome.sqlstate == _REFUSED:
+            return 0
+        if outcome.sqlstate in _AFTER_POLICIES and not isinstance(statement, Select):
+            return 1
+        return outcome.message
 
     def crossed(
         self, rule: str, message: str, statement: Executable, shown: Executable | None = None
@@ -382,14 +377,14 @@ def probe_table(
     :param tenant_column: a table oid's tenant column, to pass tenants to parent rows (default: the
         target's tenant column name, where a table has it).
     """
-    session = _Session(conn, setting, app_role, set_local)
     with conn.begin() as transaction:
         try:
-            for name, value in _TIMEOUTS.items():
-                conn.execute(select(func.set_config(name, value, True)))
-            unset = conn.execute(select(func.current_setting(setting, True).is_(None))).scalar_one()
             catalog = blueprints if blueprints is not None else Blueprints(conn)
-            session.builder = RowBuilder(conn, catalog, tenant_column or _by_name(catalog, target))
+            session = _Session(Attempts(conn), setting, app_role, set_local)
+            unset = _start(session)
+            session.builder = RowBuilder(
+                session.attempts, catalog, tenant_column or _by_name(catalog, target)
+            )
             chosen = list(tenants) or _pick_tenants(session, target, auditor_bypasses)
             # Citus refuses a role to touch shard placements another role modified in the transaction,
             # so there every probe row is written by the app role, under its own tenant.
@@ -420,6 +415,14 @@ def probe_table(
     return Outcome(session.leaks, session.undecided)
 
 
+def _start(session: _Session) -> bool:
+    """Set the probing transaction's timeouts; whether the tenant setting was never set on the connection."""
+    for name, value in _TIMEOUTS.items():
+        session.attempts.run(select(func.set_config(_value(name), _value(value), True)))
+    unset = session.attempts.run(select(func.current_setting(_value(session.setting), True).is_(None)))
+    return bool(unset[0][0])
+
+
 def _by_name(catalog: Blueprints, target: Target) -> Callable[[int], str | None]:
     """Tables whose columns include the target's tenant column name carry the tenant under that name."""
     name = target.tenant_column.name
@@ -431,16 +434,19 @@ def _pick_tenants(session: _Session, target: Target, auditor_bypasses: bool) -> 
     found: list[str] = []
     if auditor_bypasses:
         tenant_text = target.tenant.cast(String)
-        first = session.conn.execute(
+        first = session.first(
             select(tenant_text).select_from(target.table).where(target.tenant.is_not(None)).limit(1)
-        ).scalar()
+        )
         if first is not None:
-            found.append(first)
-            second = session.conn.execute(
-                select(tenant_text).select_from(target.table).where(target.tenant != _value(first)).limit(1)
-            ).scalar()
+            found.append(first[0])
+            second = session.first(
+                select(tenant_text)
+                .select_from(target.table)
+                .where(target.tenant != _value(first[0]))
+                .limit(1)
+            )
             if second is not None:
-                found.append(second)
+                found.append(second[0])
     while len(found) < 2:
         found.append(target.fresh_tenant())
     return found
@@ -517,11 +523,10 @@ def _probe_readable(
     conn: Connection, *, source: Executable, setting: str, app_role: str | None, tenant: str, set_local: bool
 ) -> Outcome:
     """Bind a tenant that owns no rows and select from a view or function: any row crossed tenants."""
-    session = _Session(conn, setting, app_role, set_local)
     with conn.begin() as transaction:
         try:
-            for name, value in _TIMEOUTS.items():
-                conn.execute(select(func.set_config(name, value, True)))
+            session = _Session(Attempts(conn), setting, app_role, set_local)
+            _start(session)
             session.as_app()
             session.bind(tenant)
             session.crossed("PGT107", "", source)

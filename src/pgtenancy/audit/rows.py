@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, String, column, insert, literal, select, table, text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.types import TypeEngine, UserDefinedType
 
-__all__ = ["Blueprints", "Plan", "RowBuilder", "Unbuildable", "sqlstate", "untyped"]
+from pgtenancy.audit.attempts import Attempts, Failure
+
+__all__ = ["Blueprints", "Plan", "RowBuilder", "Unbuildable", "untyped"]
 
 _TABLES = text(
     """
@@ -101,11 +102,6 @@ class _Untyped(UserDefinedType[str]):
 def untyped(value: str) -> ColumnElement[str]:
     """``value`` as a literal of no type, so that it takes the type of the column it is compared with."""
     return literal(value, _Untyped())
-
-
-def sqlstate(error: DBAPIError) -> str:
-    """The SQLSTATE of a driver error ('' when the driver gives none)."""
-    return str(getattr(error.orig, "sqlstate", "") or "")
 
 
 @dataclass(frozen=True)
@@ -312,12 +308,14 @@ class Plan:
 class RowBuilder:
     """Plans rows of a table for a tenant, inserting the parent rows they need on ``conn``.
 
-    Inserts run as ``conn``'s current role, under its bound tenant, in savepoints: a refused attempt
-    leaves the caller's transaction usable.
+    Inserts run as the connection's current role, under its bound tenant, in savepoints: a refused
+    attempt leaves the caller's transaction usable.
     """
 
-    def __init__(self, conn: Connection, blueprints: Blueprints, tenant_column: Callable[[int], str | None]):
-        self._conn = conn
+    def __init__(
+        self, attempts: Attempts, blueprints: Blueprints, tenant_column: Callable[[int], str | None]
+    ):
+        self._attempts = attempts
         self._blueprints = blueprints
         self._tenant_column = tenant_column
 
@@ -373,9 +371,10 @@ class RowBuilder:
             failure = self._try(table_, plan)
             if failure is None:
                 return plan
-            state, constraint, message = failure
-            if state not in _RETRIED or not self._advance(table_, options, choice, constraint):
-                raise Unbuildable(f"a row of {table_.display} is refused: {message}")
+            if failure.sqlstate not in _RETRIED or not self._advance(
+                table_, options, choice, failure.constraint
+            ):
+                raise Unbuildable(f"a row of {table_.display} is refused: {failure.message}")
             plan = Plan(table_.display, fixed, {name: options[name][choice[name]] for name in options})
         raise Unbuildable(f"no combination of values passes the constraints of {table_.display}")
 
@@ -388,7 +387,8 @@ class RowBuilder:
             if not found:
                 clause = table(table_.name, column(name), schema=table_.schema)
                 read = select(clause.c[name].cast(String)).where(clause.c[name].is_not(None)).limit(1)
-                found.append(self._conn.execute(read).scalar())
+                rows = self._attempts.rows(read)
+                found.append(rows[0][0] if isinstance(rows, list) and rows else None)
             return found[0] if found[0] is not None else otherwise()
 
         return existing
@@ -406,18 +406,10 @@ class RowBuilder:
             choice[name] = 0
         return False
 
-    def _try(self, table_: _Table, plan: Plan) -> tuple[str, str, str] | None:
-        """Insert one row of ``plan`` in a savepoint rolled back: None, or (SQLSTATE, constraint, message)."""
-        nested = self._conn.begin_nested()
-        try:
-            self._conn.execute(_insert(table_, plan.render()))
-        except DBAPIError as error:
-            nested.rollback()
-            diag = getattr(error.orig, "diag", None)
-            constraint = str(getattr(diag, "constraint_name", "") or "")
-            return sqlstate(error), constraint, _first_line(error)
-        nested.rollback()
-        return None
+    def _try(self, table_: _Table, plan: Plan) -> Failure | None:
+        """Insert one row of ``plan`` in a savepoint rolled back: None, or why PostgreSQL refused it."""
+        outcome = self._attempts.rows(_insert(table_, plan.render()))
+        return outcome if isinstance(outcome, Failure) else None
 
     def _insert_returning(self, oid: int, plan: Plan, columns: tuple[str, ...]) -> dict[str, str]:
         """Insert a row of ``plan`` (kept in the caller's transaction) and return ``columns`` as text."""
@@ -425,22 +417,14 @@ class RowBuilder:
         statement = _insert(table_, plan.render()).returning(
             *(column(name).cast(String).label(name) for name in columns)
         )
-        nested = self._conn.begin_nested()
-        try:
-            row = self._conn.execute(statement).mappings().one()
-        except DBAPIError as error:
-            nested.rollback()
-            raise Unbuildable(
-                f"cannot insert a parent row into {table_.display}: {_first_line(error)}"
-            ) from error
-        nested.commit()
-        return {name: row[name] for name in columns}
+        outcome = self._attempts.rows(statement, keep=True)
+        if isinstance(outcome, Failure):
+            raise Unbuildable(f"cannot insert a parent row into {table_.display}: {outcome.message}")
+        if not isinstance(outcome, list) or len(outcome) != 1:
+            raise Unbuildable(f"inserting a parent row into {table_.display} returned no row")
+        return dict(zip(columns, outcome[0], strict=True))
 
 
 def _insert(table_: _Table, values: Mapping[str, str]) -> Any:
     clause = table(table_.name, *(column(name) for name in values), schema=table_.schema)
     return insert(clause).values({name: untyped(value) for name, value in values.items()})
-
-
-def _first_line(error: DBAPIError) -> str:
-    return str(error.orig or error).strip().splitlines()[0]
