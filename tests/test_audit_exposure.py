@@ -196,7 +196,7 @@ def test_large_objects_granted_to_public_or_unchecked(sandbox: Sandbox) -> None:
                 conn.execute(text("SELECT lo_get(:o)"), {"o": private}).scalar_one() == b"tenant B contract"
             )
         (compat,) = findings(sandbox, "PGT034")
-        assert compat.object == "setting lo_compat_privileges" and repr(database) in compat.message
+        assert compat.object == "database " + database and repr(database) in compat.message
         fix(sandbox, compat)
         with (
             connected(sandbox, tenant=TENANT_A) as conn,
@@ -388,6 +388,7 @@ def test_stored_tenant_default_makes_no_tenant_a_tenant(sandbox: Sandbox) -> Non
     with connected(sandbox, app) as conn:  # no tenant bound
         assert tenants_seen(conn, sandbox.schema + ".t") == {TENANT_B}
     (found,) = findings(sandbox, "PGT041", role=app)
+    assert found.object == "role " + app
     assert str(TENANT_B) in found.message and "in database" in found.message
     fix(sandbox, found)
     with connected(sandbox, app) as conn:
@@ -495,7 +496,8 @@ def test_trigger_and_rule_copy_tenant_rows_into_a_shared_table(sandbox: Sandbox)
         )
         assert set(copied.scalars()) == {"B secret", "B plan"}
     found = findings(sandbox, "PGT044")
-    assert sorted(f.message.split(" ")[0] for f in found) == ["rule", "trigger"]
+    assert sorted(f.object.split(" ")[0] for f in found) == ["rule", "trigger"]
+    assert all(f.object.endswith(" on " + sandbox.schema + ".t") for f in found)
     for finding in found:
         fix(sandbox, finding)
     with connected(sandbox, tenant=TENANT_A) as conn, pytest.raises(DBAPIError, match="permission denied"):

@@ -174,7 +174,7 @@ HOLES = [
         "each tenant's uploads are large objects granted to the app role: any tenant reads them all",
         large_object_granted,
         exploit_large_objects,
-        ("large object {lo}",),
+        ("large object {lo}", "large objects granted to {app}"),
     ),
     Hole(
         "rule_copies_rows",

@@ -203,6 +203,13 @@ def _reset(setting: RoleSetting, name: str) -> str:
     return f"ALTER {target} RESET {parameter};"
 
 
+def _stored_object(setting: RoleSetting) -> str:
+    """The object a stored default belongs to: the role it is set for, else the database, else every role."""
+    if setting.role is not None:
+        return "role " + setting.role
+    return "database " + setting.database if setting.database is not None else "role ALL"
+
+
 def _stored_where(setting: RoleSetting) -> str:
     role = "ALTER ROLE ALL" if setting.role is None else f"role {setting.role!r}"
     if setting.database is None:
@@ -232,13 +239,15 @@ def _compat_finding(snapshot: Snapshot) -> Finding | None:
     if stored is None:
         if not snapshot.database.lo_compat_privileges:
             return None
+        obj = "server setting lo_compat_privileges"
         where, fix = "on the server", "ALTER SYSTEM SET lo_compat_privileges = off; SELECT pg_reload_conf();"
     elif stored.value.strip().lower() in _TRUE_WORDS:
+        obj = _stored_object(stored)
         where, fix = "by " + _stored_where(stored), _reset(stored, "lo_compat_privileges")
     else:
         return None
     return RULES["PGT034"].finding(
-        "setting lo_compat_privileges",
+        obj,
         f"is on for the app role's sessions (set {where}): every tenant reads and writes every large "
         "object, without privilege checks",
         fix=fix,
@@ -504,7 +513,7 @@ def _stored_tenant(snapshot: Snapshot) -> Iterator[Finding]:
     for setting in snapshot.role_settings:
         if setting.name == snapshot.setting and setting.value.strip():
             yield RULES["PGT041"].finding(
-                "setting " + snapshot.setting,
+                _stored_object(setting),
                 f"defaults to {setting.value!r} for the app role's sessions ({_stored_where(setting)}): "
                 "with no tenant bound, the policies see that tenant",
                 fix=_reset(setting, snapshot.setting),
@@ -635,7 +644,7 @@ def _copying_triggers(snapshot: Snapshot) -> Iterator[Finding]:
         by_name.setdefault(name, []).append(oid)
     names: dict[int, set[str]] = {}
     for table in snapshot.isolated_tables():
-        found: list[tuple[str, set[int]]] = []
+        found: list[tuple[str, str, set[int]]] = []
         for trigger in table.triggers:
             function = snapshot.functions.get(trigger.function)
             if function is None:
@@ -645,16 +654,22 @@ def _copying_triggers(snapshot: Snapshot) -> Iterator[Finding]:
             named = {oid for name in names[function.oid] & by_name.keys() for oid in by_name[name]}
             hit = (set(function.depends_on) | named) & targets.keys()
             if hit:
-                found.append((f"trigger {trigger.name} runs {function.signature}, which names", hit))
+                found.append(
+                    (
+                        f"trigger {trigger.name} on {table.qualified}",
+                        f"runs {function.signature}, which names",
+                        hit,
+                    )
+                )
         for rewrite in table.rewrite_rules:
             hit = set(rewrite.depends_on) & targets.keys()
             if hit:
-                found.append((f"rule {rewrite.name} writes into", hit))
-        for what, hit in found:
+                found.append((f"rule {rewrite.name} on {table.qualified}", "writes into", hit))
+        for obj, what, hit in found:
             copies = sorted(hit)
             app = _preparer.quote(snapshot.app.name)
             yield RULES["PGT044"].finding(
-                "table " + table.qualified,
+                obj,
                 f"{what} {', '.join(targets[oid][2] for oid in copies)}, which the app role may read "
                 "and which has no tenant isolation: tenants' rows copied there are open to every tenant",
                 fix=" ".join(

@@ -84,7 +84,7 @@ _POLICIES = text(
     """
     SELECT p.polrelid, p.polname, p.polcmd, p.polpermissive,
            0 = ANY(p.polroles) OR EXISTS (SELECT 1 FROM unnest(p.polroles) r
-                                           WHERE pg_catalog.pg_has_role(:role, r, 'USAGE')),
+                                           WHERE pg_catalog.pg_has_role(:role, r, 'MEMBER')),
            pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid),
            ARRAY(SELECT d.refobjid FROM pg_catalog.pg_depend d
                   WHERE d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
@@ -340,7 +340,7 @@ class Policy:
     name: str
     command: str  # "*" all, "r" select, "a" insert, "w" update, "d" delete
     permissive: bool
-    applies_to_app: bool
+    applies_to_app: bool  # TO PUBLIC, or to a role the app role is or can SET ROLE to
     using: str | None
     check: str | None
     functions: tuple[int, ...]
