@@ -13,6 +13,7 @@ from pgtenancy import citus
 from pgtenancy.audit.expressions import Analysis, analyse, table_expression
 from pgtenancy.audit.findings import Finding, Rule, Severity
 from pgtenancy.audit.snapshot import ForeignKey, Function, Policy, Relation, Snapshot
+from pgtenancy.predicate import tenant_predicate_sql
 
 __all__ = ["RULES", "CatalogRule", "run_rules"]
 
@@ -148,11 +149,12 @@ def _role(name: str) -> str:
 def _tenant_predicate(snapshot: Snapshot, table: Relation) -> str:
     """The canonical tenant predicate; with Citus, without the (SELECT ...) wrapper its tables refuse."""
     column = table.column(table.tenant_column or "")
-    sql_type = column.type if column else "uuid"
-    value = "NULLIF(current_setting('" + snapshot.setting + "', true), '')::" + sql_type
-    if snapshot.citus_tables is None:
-        value = "(SELECT " + value + ")"
-    return _preparer.quote(table.tenant_column or "tenant_id") + " = " + value
+    return tenant_predicate_sql(
+        _preparer.quote(table.tenant_column or "tenant_id"),
+        snapshot.setting,
+        citus=snapshot.citus_tables is not None,
+        sql_type=column.type if column else None,
+    )
 
 
 def _literal_sql(statement: ClauseElement) -> str:
