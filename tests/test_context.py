@@ -93,3 +93,12 @@ async def test_entering_the_same_context_twice_is_refused_and_leaves_the_outer_b
     async with binder:  # usable again once left
         assert current_tenant_id() == A
     assert current_tenant_id() is None
+
+
+async def test_async_with_binds_and_restores_without_a_value():
+    async with tenant_context(7, key_type="int") as bound:
+        assert bound is None and current_tenant_id() == "7"
+        async with without_tenant():
+            assert current_binding() is NO_TENANT
+        assert current_tenant_id() == "7"
+    assert current_binding() is None

@@ -53,6 +53,8 @@ class _Binder:
 
     One token, not a stack: entered once per request or operation, it is kept cheap. Entering it
     again while it is entered is refused, as that would leave the outer binding in place on exit.
+    ``with ... as t`` gives the bound id; ``async with`` binds without a coroutine and gives ``None``
+    (read ``current_tenant_id()``).
     """
 
     __slots__ = ("_token", "_value")
