@@ -91,14 +91,14 @@ def _check_roles_exist(conn: Connection, names: Sequence[str]) -> None:
 
 
 def audit_engine(url_or_engine: str | URL | Engine | AsyncEngine) -> Engine:
-    """A fresh, unpooled, un-instrumented sync engine on the same database and user (psycopg driver)."""
+    """A fresh, unpooled, un-instrumented sync engine on the same database and user, with psycopg 3 (the
+    probes send several statements in one message and read each result: ``pgtenancy[cli]`` installs it)."""
     if isinstance(url_or_engine, AsyncEngine):
         url = url_or_engine.sync_engine.url
     elif isinstance(url_or_engine, Engine):
         url = url_or_engine.url
     else:
         url = make_url(url_or_engine)
-    backend, _, driver = url.drivername.partition("+")
-    if backend in ("postgres", "postgresql") and driver not in ("psycopg", "psycopg2"):
+    if url.drivername.partition("+")[0] in ("postgres", "postgresql"):
         url = url.set(drivername="postgresql+psycopg")
     return create_engine(url, poolclass=NullPool)

@@ -14,23 +14,16 @@ from sqlalchemy import (
     Engine,
     Executable,
     Select,
-    String,
-    column,
-    delete,
-    func,
-    insert,
     select,
     table,
     text,
-    update,
 )
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql.expression import ColumnElement, TableClause
 from sqlalchemy.sql.functions import Function
 
-from pgtenancy.audit.attempts import DIALECT, Attempts
+from pgtenancy.audit.attempts import DIALECT, Attempts, literal, qualified, quote, render
 from pgtenancy.audit.findings import Finding, Rule
-from pgtenancy.audit.rows import Blueprints, Plan, RowBuilder, Unbuildable, untyped
+from pgtenancy.audit.rows import Blueprints, Plan, RowBuilder, Unbuildable
 from pgtenancy.audit.snapshot import Column, Relation, Snapshot
 from pgtenancy.drivers import set_local_renderer
 
@@ -107,7 +100,6 @@ PROBE_RULES: dict[str, Rule] = {
 }
 
 
-_value = untyped
 _REFUSED = "42501"  # insufficient_privilege: no privilege, or a row-level security policy said no
 _UNSUPPORTED = "0A000"  # feature_not_supported
 # Raised by constraints PostgreSQL checks only after a write passed the row-level security policies:
@@ -117,11 +109,11 @@ _AFTER_POLICIES = {"23502", "23503", "23505", "23P01"}
 
 @dataclass(frozen=True)
 class Target:
-    """A tenant table to probe: its table clause and tenant column (rows are planned per tenant)."""
+    """A tenant table to probe, and the SQL text of each probe on it (rows are planned per tenant)."""
 
     display: str
     oid: int
-    table: TableClause
+    name: str  # schema.table, quoted
     tenant_column: Column
 
     @classmethod
@@ -130,67 +122,78 @@ class Target:
         tenant = relation.column(relation.tenant_column or "")
         if tenant is None or _fresh_value(tenant) is None:
             return None
-        clause = table(relation.name, column(tenant.name), schema=relation.schema)
-        return cls(relation.qualified, relation.oid, clause, tenant)
+        return cls(relation.qualified, relation.oid, qualified(relation.schema, relation.name), tenant)
 
     @property
-    def tenant(self) -> ColumnElement[Any]:
-        return self.table.c[self.tenant_column.name]
+    def tenant(self) -> str:
+        """The tenant column, quoted."""
+        return quote(self.tenant_column.name)
 
     def fresh_tenant(self) -> str:
         """A tenant id of the column's type, random enough to own no rows."""
         return _fresh_value(self.tenant_column) or ""
 
-    def insert(self, values: dict[str, str]) -> Executable:
-        """INSERT of one row with these column values (sent untyped)."""
-        clause = table(self.table.name, *(column(name) for name in values), schema=self.table.schema)
-        return insert(clause).values({name: _value(value) for name, value in values.items()})
+    def insert(self, values: dict[str, str]) -> str:
+        """INSERT of one row with these column values (literals of no declared type)."""
+        if not values:
+            return _sql("INSERT INTO", self.name, "DEFAULT VALUES")
+        names = ", ".join(quote(name) for name in values)
+        row = ", ".join(literal(value) for value in values.values())
+        return _sql("INSERT INTO", self.name, "(" + names + ") VALUES (" + row + ")")
 
-    def select_all(self) -> Executable:
-        return select(text("*")).select_from(self.table).limit(5)
+    def select_all(self) -> str:
+        return _sql("SELECT * FROM", self.name, "LIMIT 5")
 
-    def select_other_than(self, tenant: str) -> Executable:
-        return (
-            select(text("*"))
-            .select_from(self.table)
-            .where(self.tenant.is_distinct_from(_value(tenant)))
-            .limit(5)
+    def select_other_than(self, tenant: str) -> str:
+        return _sql(
+            "SELECT * FROM", self.name, "WHERE", self.tenant, "IS DISTINCT FROM", literal(tenant), "LIMIT 5"
         )
 
-    def find(self, tenant: str) -> Executable:
+    def tenants(self, other_than: str | None = None) -> str:
+        """One tenant id (as text) that owns rows, other than ``other_than``."""
+        where = "IS NOT NULL" if other_than is None else "<> " + literal(other_than)
+        return _sql(
+            "SELECT CAST(" + self.tenant, "AS text) FROM", self.name, "WHERE", self.tenant, where, "LIMIT 1"
+        )
+
+    def find(self, tenant: str) -> str:
         """(tableoid, ctid) of one row of ``tenant``."""
-        located = select(column("tableoid").cast(String), column("ctid").cast(String)).select_from(self.table)
-        return located.where(self.tenant == _value(tenant)).limit(1)
+        located = "SELECT CAST(tableoid AS text), CAST(ctid AS text) FROM"
+        return _sql(located, self.name, "WHERE", self.of_tenant(tenant), "LIMIT 1")
 
-    def touch(self, where: ColumnElement[bool] | None = None) -> Executable:
+    def touch(self, where: str | None = None) -> str:
         """UPDATE that rewrites the tenant column with itself: it changes nothing but needs UPDATE rights."""
-        statement = update(self.table).values({self.tenant_column.name: self.tenant})
-        return statement if where is None else statement.where(where)
+        return _sql("UPDATE", self.name, "SET", self.tenant, "=", self.tenant, *_where(where))
 
-    def move_to(self, tenant: str) -> Executable:
-        return update(self.table).values({self.tenant_column.name: _value(tenant)})
+    def move_to(self, tenant: str) -> str:
+        return _sql("UPDATE", self.name, "SET", self.tenant, "=", literal(tenant))
 
-    def delete(self, where: ColumnElement[bool] | None = None) -> Executable:
-        statement = delete(self.table)
-        return statement if where is None else statement.where(where)
+    def delete(self, where: str | None = None) -> str:
+        return _sql("DELETE FROM", self.name, *_where(where))
 
-    def truncate(self) -> Executable:
-        return text("TRUNCATE " + _preparer.format_table(self.table))
+    def truncate(self) -> str:
+        return _sql("TRUNCATE", self.name)
 
-    def row(self, tableoid: str, ctid: str, tenant: str) -> ColumnElement[bool]:
+    def row(self, tableoid: str, ctid: str, tenant: str) -> str:
         """The condition that picks ``tenant``'s row by its physical address.
 
         The tenant pins the shard on Citus, where each shard has its own ctids and ``tableoid`` names
         the distributed table: an address alone would also match the bound tenant's own row.
         """
-        return (
-            (column("tableoid") == _value(tableoid))
-            & (column("ctid") == _value(ctid))
-            & self.of_tenant(tenant)
-        )
+        address = _sql("tableoid =", literal(tableoid), "AND ctid =", literal(ctid))
+        return _sql(address, "AND", self.of_tenant(tenant))
 
-    def of_tenant(self, tenant: str) -> ColumnElement[bool]:
-        return self.tenant == _value(tenant)
+    def of_tenant(self, tenant: str) -> str:
+        return _sql(self.tenant, "=", literal(tenant))
+
+
+def _sql(*parts: str) -> str:
+    """SQL text from parts that are keywords, ``quote()``d names and ``literal()`` values, space-separated."""
+    return " ".join(parts)
+
+
+def _where(condition: str | None) -> tuple[str, ...]:
+    return () if condition is None else ("WHERE", condition)
 
 
 def _fresh_value(column: Column) -> str | None:
@@ -246,13 +249,16 @@ class _Session:
         self.as_app_now = False
 
     def bind(self, tenant: str) -> None:
-        if self.set_local:
-            self.attempts.run(set_local_renderer(_DIALECT, self.setting)(tenant))
-        else:
-            self.attempts.run(select(func.set_config(_value(self.setting), _value(tenant), True)))
+        self.attempts.run(self.binding(tenant))
         self.bound = tenant
 
-    def first(self, statement: Executable) -> tuple[Any, ...] | None:
+    def binding(self, tenant: str) -> str:
+        """The statement binding ``tenant`` for the rest of the transaction."""
+        if self.set_local:
+            return str(set_local_renderer(_DIALECT, self.setting)(tenant))
+        return "SELECT set_config(" + literal(self.setting) + ", " + literal(tenant) + ", true)"
+
+    def first(self, statement: Executable | str) -> tuple[Any, ...] | None:
         """The first row ``statement`` returns (None when none, or when it fails)."""
         rows = self.attempts.rows(statement)
         return rows[0] if isinstance(rows, list) and rows else None
@@ -300,7 +306,7 @@ class _Session:
             return {target.tenant_column.name: tenant}
         return plan.render()
 
-    def attempt(self, statement: Executable, *, keep: bool = False) -> int | str:
+    def attempt(self, statement: Executable | str, *, keep: bool = False) -> int | str:
         """Run ``statement`` in a savepoint (rolled back unless ``keep``): the rows it returned or touched
         (a write the policies admitted but a later constraint stopped counts as one), 0 when refused,
         or the error when the outcome says nothing about the policies."""
@@ -311,7 +317,7 @@ class _Session:
             return outcome
         if outcome.sqlstate == _REFUSED:
             return 0
-        if not isinstance(statement, Select):
+        if not _reads(statement):
             if outcome.sqlstate in _AFTER_POLICIES:
                 return 1
             if outcome.sqlstate == _UNSUPPORTED:
@@ -319,7 +325,7 @@ class _Session:
         return outcome.message
 
     def crossed(
-        self, rule: str, message: str, statement: Executable, shown: Executable | None = None
+        self, rule: str, message: str, statement: Executable | str, shown: Executable | str | None = None
     ) -> None:
         """Record a leak when ``statement`` returns or touches a row (``shown``: a readable equivalent),
         or that the probe could not decide when it failed for another reason than the policies."""
@@ -331,24 +337,26 @@ class _Session:
                 Leak(rule, message, self.reproduction(shown if shown is not None else statement))
             )
 
-    def reproduction(self, statement: Executable) -> str:
+    def reproduction(self, statement: Executable | str) -> str:
         lines = ["BEGIN;"]
         if self.app_role is not None:
             lines.append("SET LOCAL ROLE " + _preparer.quote(self.app_role) + ";")
-        if self.bound is not None and self.set_local:
-            lines.append(set_local_renderer(_DIALECT, self.setting)(self.bound) + ";")
-        elif self.bound is not None:
-            lines.append(
-                _render(select(func.set_config(_value(self.setting), _value(self.bound), True))) + ";"
-            )
+        if self.bound is not None:
+            lines.append(self.binding(self.bound) + ";")
         lines += [_render(statement) + ";", "ROLLBACK;"]
         return "\n".join(lines)
 
 
-def _render(statement: Executable) -> str:
+def _reads(statement: Executable | str) -> bool:
+    """Whether ``statement`` only reads (a SELECT)."""
+    if isinstance(statement, str):
+        return statement.startswith("SELECT")
+    return isinstance(statement, Select)
+
+
+def _render(statement: Executable | str) -> str:
     """``statement`` with its values inlined as quoted literals, on one line, for display only."""
-    compiled = statement.compile(dialect=_DIALECT, compile_kwargs={"literal_binds": True})  # type: ignore[attr-defined]
-    return " ".join(str(compiled).split())
+    return " ".join((statement if isinstance(statement, str) else render(statement)).split())
 
 
 @dataclass(frozen=True)
@@ -386,7 +394,7 @@ def probe_table(
     with conn.begin() as transaction:
         try:
             catalog = blueprints if blueprints is not None else Blueprints(conn)
-            session = _Session(Attempts(conn), setting, app_role, set_local)
+            session = _Session(Attempts(conn, citus=set_local), setting, app_role, set_local)
             unset = _start(session)
             session.builder = RowBuilder(
                 session.attempts, catalog, tenant_column or _by_name(catalog, target)
@@ -424,8 +432,8 @@ def probe_table(
 def _start(session: _Session) -> bool:
     """Set the probing transaction's timeouts; whether the tenant setting was never set on the connection."""
     for name, value in _TIMEOUTS.items():
-        session.attempts.run(select(func.set_config(_value(name), _value(value), True)))
-    unset = session.attempts.run(select(func.current_setting(_value(session.setting), True).is_(None)))
+        session.attempts.run("SELECT set_config(" + literal(name) + ", " + literal(value) + ", true)")
+    unset = session.attempts.run("SELECT current_setting(" + literal(session.setting) + ", true) IS NULL")
     return bool(unset[0][0])
 
 
@@ -439,18 +447,10 @@ def _pick_tenants(session: _Session, target: Target, auditor_bypasses: bool) -> 
     """Two tenants that own rows (as the auditing role sees them), completed with fresh ids."""
     found: list[str] = []
     if auditor_bypasses:
-        tenant_text = target.tenant.cast(String)
-        first = session.first(
-            select(tenant_text).select_from(target.table).where(target.tenant.is_not(None)).limit(1)
-        )
+        first = session.first(target.tenants())
         if first is not None:
             found.append(first[0])
-            second = session.first(
-                select(tenant_text)
-                .select_from(target.table)
-                .where(target.tenant != _value(first[0]))
-                .limit(1)
-            )
+            second = session.first(target.tenants(other_than=first[0]))
             if second is not None:
                 found.append(second[0])
     while len(found) < 2:
@@ -531,7 +531,7 @@ def _probe_readable(
     """Bind a tenant that owns no rows and select from a view or function: any row crossed tenants."""
     with conn.begin() as transaction:
         try:
-            session = _Session(Attempts(conn), setting, app_role, set_local)
+            session = _Session(Attempts(conn, citus=set_local), setting, app_role, set_local)
             _start(session)
             session.as_app()
             session.bind(tenant)

@@ -14,15 +14,12 @@ import secrets
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from sqlalchemy import Connection, String, column, insert, literal, select, table, text
-from sqlalchemy.sql.expression import ColumnElement
-from sqlalchemy.types import TypeEngine, UserDefinedType
+from sqlalchemy import Connection, text
 
-from pgtenancy.audit.attempts import Attempts, Failure
+from pgtenancy.audit.attempts import Attempts, Failure, literal, qualified, quote
 
-__all__ = ["Blueprints", "Plan", "RowBuilder", "Unbuildable", "untyped"]
+__all__ = ["Blueprints", "Plan", "RowBuilder", "Unbuildable"]
 
 _TABLES = text(
     """
@@ -84,24 +81,6 @@ Candidate = Callable[[], str]
 
 class Unbuildable(Exception):
     """No valid row could be built; the message says which table, column or constraint stood in the way."""
-
-
-class _Untyped(UserDefinedType[str]):
-    """A text value sent without a type: PostgreSQL gives it the type of the column it meets."""
-
-    cache_ok = True
-
-    def get_col_spec(self, **kw: Any) -> str:
-        return "unknown"
-
-    def literal_processor(self, dialect: Any) -> Any:
-        string: TypeEngine[str] = String()
-        return string.literal_processor(dialect)
-
-
-def untyped(value: str) -> ColumnElement[str]:
-    """``value`` as a literal of no type, so that it takes the type of the column it is compared with."""
-    return literal(value, _Untyped())
 
 
 @dataclass(frozen=True)
@@ -385,8 +364,17 @@ class RowBuilder:
 
         def existing() -> str:
             if not found:
-                clause = table(table_.name, column(name), schema=table_.schema)
-                read = select(clause.c[name].cast(String)).where(clause.c[name].is_not(None)).limit(1)
+                name_sql, table_sql = quote(name), qualified(table_.schema, table_.name)
+                read = " ".join(
+                    (
+                        "SELECT CAST(" + name_sql,
+                        "AS text) FROM",
+                        table_sql,
+                        "WHERE",
+                        name_sql,
+                        "IS NOT NULL LIMIT 1",
+                    )
+                )
                 rows = self._attempts.rows(read)
                 found.append(rows[0][0] if isinstance(rows, list) and rows else None)
             return found[0] if found[0] is not None else otherwise()
@@ -414,10 +402,8 @@ class RowBuilder:
     def _insert_returning(self, oid: int, plan: Plan, columns: tuple[str, ...]) -> dict[str, str]:
         """Insert a row of ``plan`` (kept in the caller's transaction) and return ``columns`` as text."""
         table_ = self._blueprints.table(oid)
-        statement = _insert(table_, plan.render()).returning(
-            *(column(name).cast(String).label(name) for name in columns)
-        )
-        outcome = self._attempts.rows(statement, keep=True)
+        returned = ", ".join("CAST(" + quote(name) + " AS text)" for name in columns)
+        outcome = self._attempts.rows(_insert(table_, plan.render()) + " RETURNING " + returned, keep=True)
         if isinstance(outcome, Failure):
             raise Unbuildable(f"cannot insert a parent row into {table_.display}: {outcome.message}")
         if not isinstance(outcome, list) or len(outcome) != 1:
@@ -425,6 +411,11 @@ class RowBuilder:
         return dict(zip(columns, outcome[0], strict=True))
 
 
-def _insert(table_: _Table, values: Mapping[str, str]) -> Any:
-    clause = table(table_.name, *(column(name) for name in values), schema=table_.schema)
-    return insert(clause).values({name: untyped(value) for name, value in values.items()})
+def _insert(table_: _Table, values: Mapping[str, str]) -> str:
+    """INSERT of one row of ``table_`` with these values, as literals of no declared type."""
+    target = qualified(table_.schema, table_.name)
+    if not values:
+        return " ".join(("INSERT INTO", target, "DEFAULT VALUES"))
+    names = ", ".join(quote(name) for name in values)
+    row = ", ".join(literal(value) for value in values.values())
+    return " ".join(("INSERT INTO", target, "(" + names + ") VALUES (" + row + ")"))
