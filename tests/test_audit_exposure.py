@@ -16,7 +16,7 @@ from sqlalchemy.pool import NullPool
 
 from pgtenancy.audit import RULES
 from pgtenancy.audit.findings import Finding
-from pgtenancy.audit.snapshot import read_snapshot
+from pgtenancy.catalog.snapshot import read_snapshot
 from tests import audit_sandbox
 from tests.audit_sandbox import TENANT_A, TENANT_B, Sandbox
 

@@ -6,30 +6,15 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from pgtenancy.catalog.roles import CURRENT_ROLE_SQL
 from pgtenancy.errors import UnsafeRoleError
 
 __all__ = ["role_problems", "verify_dbapi_role", "verify_role"]
 
-_ROLE_SQL = """
-    SELECT r.rolname, r.rolsuper, r.rolbypassrls,
-           ARRAY(SELECT c.oid::regclass::text
-                   FROM pg_catalog.pg_class c
-                  WHERE c.relrowsecurity AND NOT c.relforcerowsecurity
-                    AND pg_catalog.pg_has_role(r.oid, c.relowner, 'USAGE')
-                  ORDER BY 1) AS unforced_owned,
-           ARRAY(SELECT m.rolname::text
-                   FROM pg_catalog.pg_roles m
-                  WHERE (m.rolsuper OR m.rolbypassrls) AND m.oid <> r.oid
-                    AND pg_catalog.pg_has_role(r.oid, m.oid, 'MEMBER')
-                  ORDER BY 1) AS bypassing_memberships
-      FROM pg_catalog.pg_roles r
-     WHERE r.rolname = current_user
-"""
-
 
 def role_problems(conn: Connection) -> list[str]:
     """Every reason the connection's current role escapes row-level security (empty when it is safe)."""
-    return _problems(*conn.execute(text(_ROLE_SQL)).one())
+    return _problems(*conn.execute(text(CURRENT_ROLE_SQL)).one())
 
 
 def _problems(
@@ -59,7 +44,7 @@ def verify_dbapi_role(dbapi_connection: Any) -> None:
     """``verify_role`` on a raw DBAPI connection (a pool ``connect`` hook), leaving no transaction open."""
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute(_ROLE_SQL)
+        cursor.execute(CURRENT_ROLE_SQL)
         row = cursor.fetchone()
     finally:
         cursor.close()

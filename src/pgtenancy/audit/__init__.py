@@ -20,7 +20,7 @@ from pgtenancy.audit import exposure  # noqa: F401 - registers its rules into RU
 from pgtenancy.audit.findings import Finding, Report, Rule
 from pgtenancy.audit.probes import PROBE_RULES, run_probes
 from pgtenancy.audit.rules import RULES, run_rules
-from pgtenancy.audit.snapshot import read_snapshot
+from pgtenancy.catalog.snapshot import read_snapshot
 from pgtenancy.config import DEFAULT_SETTING, validate_setting_name
 from pgtenancy.errors import ConfigurationError
 

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql
 
 from pgtenancy.audit.findings import Finding
 from pgtenancy.audit.rules import RULES, rule
-from pgtenancy.audit.snapshot import Function, LargeObjectAccess, Relation, RoleSetting, Snapshot
+from pgtenancy.catalog.snapshot import Function, LargeObjectAccess, Relation, RoleSetting, Snapshot
 
 __all__ = ["DATA_ROLES", "WEAKENING_ROLES"]
 

@@ -24,7 +24,7 @@ from sqlalchemy.sql.functions import Function
 from pgtenancy.audit.attempts import DIALECT, Attempts, literal, qualified, quote, render
 from pgtenancy.audit.findings import Finding, Rule
 from pgtenancy.audit.rows import Blueprints, Plan, RowBuilder, Unbuildable
-from pgtenancy.audit.snapshot import Column, Relation, Snapshot
+from pgtenancy.catalog.snapshot import Column, Relation, Snapshot
 from pgtenancy.drivers import set_local_renderer
 
 __all__ = ["PROBE_RULES", "Leak", "Outcome", "Target", "probe_table", "run_probes"]

@@ -15,63 +15,13 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from pgtenancy.audit.attempts import Attempts, Failure, literal, qualified, quote
+from pgtenancy.catalog.inserts import COLUMNS, CONSTRAINTS, TABLES, TYPES
 
 __all__ = ["Blueprints", "Plan", "RowBuilder", "Unbuildable"]
 
-_TABLES = text(
-    """
-    SELECT c.oid, n.nspname, c.relname
-      FROM pg_catalog.pg_class c
-      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-       AND n.nspname NOT LIKE 'pg\\_%'
-    """
-)
-_COLUMNS = text(
-    """
-    SELECT a.attrelid, a.attname, a.atttypid,
-           (a.attnotnull OR t.typnotnull)
-             AND NOT (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '' OR t.typdefault IS NOT NULL),
-           a.attgenerated <> ''
-      FROM pg_catalog.pg_attribute a
-      JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-      JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
-      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-       AND n.nspname NOT LIKE 'pg\\_%' AND a.attnum > 0 AND NOT a.attisdropped
-     ORDER BY a.attrelid, a.attnum
-    """
-)
-_TYPES = text(
-    """
-    SELECT t.oid, pg_catalog.format_type(t.oid, NULL), t.typtype, t.typcategory, t.typelem, t.typbasetype,
-           COALESCE(r.rngsubtype, m.rngtypid, 0),
-           ARRAY(SELECT e.enumlabel::text FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid
-                  ORDER BY e.enumsortorder),
-           (SELECT count(*) FROM pg_catalog.pg_attribute a
-             WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped)
-      FROM pg_catalog.pg_type t
-      LEFT JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid
-      LEFT JOIN pg_catalog.pg_range m ON m.rngmultitypid = t.oid
-     WHERE t.typtype <> 'c' OR t.typrelid IN (SELECT oid FROM pg_catalog.pg_class WHERE relkind = 'c')
-    """
-)
-_CONSTRAINTS = text(
-    """
-    SELECT k.contype, k.conrelid, k.contypid, k.conname, k.confrelid,
-           ARRAY(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY c(attnum, ord)
-                   JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = c.attnum
-                  ORDER BY c.ord),
-           ARRAY(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY c(attnum, ord)
-                   JOIN pg_catalog.pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = c.attnum
-                  ORDER BY c.ord)
-      FROM pg_catalog.pg_constraint k
-     WHERE k.contype = 'f' OR (k.contype = 'c' AND (k.conrelid <> 0 OR k.contypid <> 0))
-    """
-)
 _RETRIED = {"23514", "23505", "23P01", "22001", "22003", "22007", "22008", "22P02", "22023", "22000"}
 _ATTEMPTS = 24
 _MAX_DEPTH = 4
@@ -131,13 +81,13 @@ class Blueprints:
     def __init__(self, conn: Connection) -> None:
         self._types = {
             row[0]: _Type(row[1], row[2], row[3], row[4], row[5], row[6], tuple(row[7]), row[8])
-            for row in conn.execute(_TYPES)
+            for row in conn.execute(TYPES)
         }
-        self._tables = {oid: _Table(oid, schema, name) for oid, schema, name in conn.execute(_TABLES)}
-        for oid, name, type_oid, required, generated in conn.execute(_COLUMNS):
+        self._tables = {oid: _Table(oid, schema, name) for oid, schema, name in conn.execute(TABLES)}
+        for oid, name, type_oid, required, generated in conn.execute(COLUMNS):
             self._tables[oid].columns.append(_Column(name, type_oid, required, generated))
         self._domain_checks: dict[str, set[int]] = {}
-        for kind, relation, domain, name, parent, columns, parent_columns in conn.execute(_CONSTRAINTS):
+        for kind, relation, domain, name, parent, columns, parent_columns in conn.execute(CONSTRAINTS):
             owner = self._tables.get(relation)
             if kind == "c" and domain:
                 self._domain_checks.setdefault(name, set()).add(domain)

@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql
 from pgtenancy import citus
 from pgtenancy.audit.expressions import Analysis, analyse, table_expression
 from pgtenancy.audit.findings import Finding, Rule, Severity
-from pgtenancy.audit.snapshot import ForeignKey, Function, Policy, Relation, Snapshot
+from pgtenancy.catalog.snapshot import ForeignKey, Function, Policy, Relation, Snapshot
 from pgtenancy.predicate import tenant_predicate_sql
 
 __all__ = ["RULES", "CatalogRule", "run_rules"]

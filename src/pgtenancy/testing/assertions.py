@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pgtenancy.audit import audit, audit_engine
 from pgtenancy.audit.findings import Finding
 from pgtenancy.audit.probes import Target, probe_table
-from pgtenancy.audit.snapshot import read_snapshot
+from pgtenancy.catalog.snapshot import read_snapshot
 from pgtenancy.config import DEFAULT_SETTING, validate_setting_name, validate_tenant_id
 from pgtenancy.errors import ConfigurationError
 from pgtenancy.roles import role_problems
