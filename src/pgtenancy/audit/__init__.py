@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from sqlalchemy import URL, Connection, Engine, create_engine, make_url, text
+from sqlalchemy import URL, Engine, create_engine, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
@@ -20,7 +20,7 @@ from pgtenancy.audit import exposure  # noqa: F401 - registers its rules into RU
 from pgtenancy.audit.findings import Finding, Report, Rule
 from pgtenancy.audit.probes import PROBE_RULES, run_probes
 from pgtenancy.audit.rules import RULES, run_rules
-from pgtenancy.catalog.snapshot import read_snapshot
+from pgtenancy.catalog.snapshot import Snapshot, read_snapshot
 from pgtenancy.config import DEFAULT_SETTING, validate_setting_name
 from pgtenancy.errors import ConfigurationError
 
@@ -54,8 +54,8 @@ def audit(
             snapshot = read_snapshot(
                 conn, role=role or auditor, setting=setting, schemas=schemas, column=column
             )
-            _check_roles_exist(conn, admin_roles)
             transaction.rollback()
+        _check_roles_exist(snapshot, admin_roles)
         snapshot = replace(snapshot, admin_roles=frozenset(admin_roles))
         findings = run_rules(snapshot)
         if dynamic:
@@ -74,16 +74,10 @@ def audit(
     )
 
 
-def _check_roles_exist(conn: Connection, names: Sequence[str]) -> None:
+def _check_roles_exist(snapshot: Snapshot, names: Sequence[str]) -> None:
     """Raise ``ConfigurationError`` naming every role in ``names`` that the server does not have."""
-    if not names:
-        return
-    found = set(
-        conn.execute(
-            text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:names)"), {"names": list(names)}
-        ).scalars()
-    )
-    missing = [name for name in names if name not in found]
+    known = {role.name for role in snapshot.roles.values()}
+    missing = [name for name in names if name not in known]
     if missing:
         raise ConfigurationError(
             f"admin role(s) {', '.join(map(repr, missing))} do not exist: name roles of the admin tools"

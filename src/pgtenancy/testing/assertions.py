@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pgtenancy.audit import audit, audit_engine
 from pgtenancy.audit.findings import Finding
 from pgtenancy.audit.probes import Target, probe_table
+from pgtenancy.catalog import table_security
 from pgtenancy.catalog.snapshot import read_snapshot
 from pgtenancy.config import DEFAULT_SETTING, validate_setting_name, validate_tenant_id
 from pgtenancy.errors import ConfigurationError
@@ -19,13 +20,6 @@ from pgtenancy.roles import role_problems
 __all__ = ["assert_no_findings", "assert_tenant_isolated"]
 
 _preparer = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
-_LOCATE = text(
-    """
-    SELECT n.nspname, c.relname
-      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.oid = pg_catalog.to_regclass(:name)
-    """
-)
 
 
 def assert_tenant_isolated(
@@ -94,13 +88,12 @@ def _target(conn: Connection, table: str, column: str, setting: str) -> tuple[Ta
     parts = table.split(".")
     if not 1 <= len(parts) <= 2 or not all(parts):
         raise ConfigurationError(f"invalid table name {table!r}: use 'name' or 'schema.name'")
-    quoted = ".".join(_preparer.quote(part) for part in parts)
-    found = conn.execute(_LOCATE, {"name": quoted}).first()
+    found = table_security(conn, parts[-1], parts[0] if len(parts) == 2 else None)
     if found is None:
         raise ConfigurationError(f"table {table!r} does not exist (or is not on the search_path)")
     role = conn.execute(text("SELECT current_user")).scalar_one()
-    snapshot = read_snapshot(conn, role=role, setting=setting, schemas=[found[0]], column=column)
-    relation = next(r for r in snapshot.relations.values() if r.name == found[1])
+    snapshot = read_snapshot(conn, role=role, setting=setting, schemas=[found.schema], column=column)
+    relation = next(r for r in snapshot.relations.values() if r.name == found.name)
     if not relation.isolated:
         raise ConfigurationError(f"table {table!r} has no tenant column {column!r}")
     target = Target.of(relation)
