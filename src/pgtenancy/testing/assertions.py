@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import URL, Connection, Engine, text
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgtenancy.audit import audit, audit_engine
@@ -18,8 +17,6 @@ from pgtenancy.errors import ConfigurationError
 from pgtenancy.roles import role_problems
 
 __all__ = ["assert_no_findings", "assert_tenant_isolated"]
-
-_preparer = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
 
 
 def assert_tenant_isolated(
