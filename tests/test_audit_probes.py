@@ -285,3 +285,23 @@ def test_probes_when_the_app_role_bypasses_rls_are_a_warning(sandbox: Sandbox) -
     report = sandbox.audit(role=bypassing)
     undecided = [f for f in report.findings if f.rule == "PGT100"]
     assert undecided and undecided[0].severity == "warning"
+
+
+@pytest.mark.parametrize(("default", "undecided"), [("", False), (str(audit_sandbox.TENANT_B), True)])
+def test_a_tenant_setting_a_new_connection_already_reads_is_said_not_skipped(
+    sandbox: Sandbox, default: str, undecided: bool
+) -> None:
+    """With a default for the setting (postgresql.conf, the database, the role) a new connection never
+    reads it unset: '' is covered by the reset probes, a tenant id cannot be probed and is a warning."""
+    sandbox.table()
+    database = sandbox.database.name
+    sandbox.sql(
+        'ALTER DATABASE "' + database + "\" SET app.current_tenant_id = '" + default + "'", as_owner=False
+    )
+    try:
+        report = sandbox.audit()
+    finally:
+        sandbox.sql('ALTER DATABASE "' + database + '" RESET app.current_tenant_id', as_owner=False)
+    messages = [f.message for f in report.findings if f.rule == "PGT100"]
+    assert any("reads the tenant setting as" in m for m in messages) is undecided, messages
+    assert bool(report.failing) is undecided, [(f.rule, f.message) for f in report.failing]

@@ -395,7 +395,7 @@ def probe_table(
         try:
             catalog = blueprints if blueprints is not None else Blueprints(conn)
             session = _Session(Attempts(conn, citus=set_local), setting, app_role, set_local)
-            unset = _start(session)
+            found = _start(session)
             session.builder = RowBuilder(
                 session.attempts, catalog, tenant_column or _by_name(catalog, target)
             )
@@ -406,10 +406,7 @@ def probe_table(
             if by_auditor:
                 for tenant in chosen:
                     session.prepare(target, tenant, as_auditor=True)
-            if unset:
-                session.as_app()
-                _probe_unbound(session, target, chosen[0], "no tenant bound")
-                session.as_auditor()
+            _probe_never_set(session, target, chosen[0], found)
             if set_local:
                 session.as_app()
             for tenant in chosen:
@@ -429,12 +426,30 @@ def probe_table(
     return Outcome(session.leaks, session.undecided)
 
 
-def _start(session: _Session) -> bool:
-    """Set the probing transaction's timeouts; whether the tenant setting was never set on the connection."""
-    for name, value in _TIMEOUTS.items():
-        session.attempts.run("SELECT set_config(" + literal(name) + ", " + literal(value) + ", true)")
-    unset = session.attempts.run("SELECT current_setting(" + literal(session.setting) + ", true) IS NULL")
-    return bool(unset[0][0])
+def _probe_never_set(session: _Session, target: Target, tenant: str, found: str | None) -> None:
+    """The probes with the setting never set on the connection; a value a new connection already reads
+    makes them impossible, and every session that binds no tenant act as that tenant: said, not skipped."""
+    if found is None:
+        session.as_app()
+        _probe_unbound(session, target, tenant, "no tenant bound")
+        session.as_auditor()
+    elif found:  # '' reads as no tenant, which the probes with the setting reset to '' cover
+        session.undecided.append(
+            f"PGT106 (no tenant bound): a new connection reads the tenant setting as {found!r} (a default "
+            "in postgresql.conf, for the database or for the auditing role): sessions that bind no tenant "
+            "act as that tenant, and the probes with no tenant bound cannot run"
+        )
+
+
+def _start(session: _Session) -> str | None:
+    """Set the probing transaction's timeouts; the tenant setting as the new connection reads it (None:
+    never set, the state the probes with no tenant bound need)."""
+    for name, timeout in _TIMEOUTS.items():
+        session.attempts.run("SELECT set_config(" + literal(name) + ", " + literal(timeout) + ", true)")
+    found: str | None = session.attempts.run(
+        "SELECT current_setting(" + literal(session.setting) + ", true)"
+    )[0][0]
+    return found
 
 
 def _by_name(catalog: Blueprints, target: Target) -> Callable[[int], str | None]:
