@@ -364,3 +364,30 @@ def test_partitions_reached_only_through_their_parent_are_not_flagged(sandbox: S
         (f.rule, f.object) for f in report.findings
     }
     assert {"PGT101", "PGT106"} <= {f.rule for f in report.findings if f.confirmed}
+
+
+NESTED_BODIES = [
+    ("SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid", set()),
+    (
+        "SELECT COALESCE(NULLIF(current_setting('app.current_tenant_id', true), '')::uuid, "
+        "'00000000-0000-0000-0000-0000000000b2'::uuid)",
+        {"PGT010"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("inner", "expected"), NESTED_BODIES, ids=["bound", "fail-open"])
+def test_a_policy_function_calling_another_is_read_through(
+    sandbox: Sandbox, inner: str, expected: set[str]
+) -> None:
+    """current_tenant() calls raw_tenant(): the body that decides is two calls away from the policy."""
+    sandbox.sql(
+        "CREATE FUNCTION {s}.raw_tenant() RETURNS uuid LANGUAGE sql STABLE AS $$ " + inner + " $$;"
+        "CREATE FUNCTION {s}.current_tenant() RETURNS uuid LANGUAGE sql STABLE"
+        " AS $$ SELECT {s}.raw_tenant() $$"
+    )
+    sandbox.table(
+        policy="USING (tenant_id = {s}.current_tenant()) WITH CHECK (tenant_id = {s}.current_tenant())"
+    )
+    failing = {f.rule for f in sandbox.audit(dynamic=False).failing}
+    assert failing == expected

@@ -84,15 +84,16 @@ def _analyse(
 
 
 def _definitions(snapshot: Snapshot, oids: Iterable[int]) -> tuple[tuple[str, str], ...]:
-    """Each function's definition by the names a printed expression calls it: qualified, and bare."""
+    """Each function's definition by the names a printed expression calls it: the policy's own functions
+    (qualified, and bare), over every other function read, for the calls inside their bodies."""
+    pairs = dict(snapshot.function_bodies)
     bare: dict[str, set[str]] = {}
-    pairs: dict[str, str] = {}
     for function in (snapshot.functions[oid] for oid in set(oids) if oid in snapshot.functions):
         pairs[function.schema + "." + function.name] = function.body
         bare.setdefault(function.name, set()).add(function.body)
     for name, bodies in bare.items():
         if len(bodies) == 1:  # an overloaded or repeated name stays unresolved: never the wrong body
-            pairs.setdefault(name, next(iter(bodies)))
+            pairs[name] = next(iter(bodies))
     return tuple(sorted(pairs.items()))
 
 

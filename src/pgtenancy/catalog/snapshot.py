@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -159,7 +160,9 @@ _FUNCTIONS = text(
       JOIN pg_catalog.pg_type t ON t.oid = f.prorettype
      WHERE n.nspname <> ALL(:system) AND n.nspname NOT LIKE 'pg\\_%'
        AND (f.prosecdef OR f.proleakproof OR f.oid = ANY(:policy_functions)
-            OR f.oid = ANY(:trigger_functions))
+            OR f.oid = ANY(:trigger_functions)
+            OR (f.prokind = 'f' AND f.prolang IN (SELECT l.oid FROM pg_catalog.pg_language l
+                                                   WHERE l.lanname IN ('sql', 'plpgsql'))))
      ORDER BY n.nspname, f.proname, f.oid
     """
 )
@@ -576,6 +579,20 @@ class Snapshot:
     memberships: frozenset[tuple[int, int]] = frozenset()  # (member, role): direct grants of role to member
     role_settings: tuple[RoleSetting, ...] = ()
     large_objects: tuple[LargeObjectAccess, ...] = ()
+
+    @functools.cached_property
+    def function_bodies(self) -> dict[str, str]:
+        """Every SQL or PL/pgSQL function read, by the names a body may call it: ``schema.name``, and
+        ``name`` where no other function read has it (an overloaded or repeated name is never resolved)."""
+        bodies: dict[str, str] = {}
+        bare: dict[str, set[str]] = {}
+        for function in self.functions.values():
+            bodies[function.schema + "." + function.name] = function.body
+            bare.setdefault(function.name, set()).add(function.body)
+        for name, found in bare.items():
+            if len(found) == 1:
+                bodies.setdefault(name, next(iter(found)))
+        return bodies
 
     def isolated_tables(self) -> list[Relation]:
         return [r for r in self.relations.values() if r.isolated]
