@@ -391,3 +391,16 @@ def test_a_policy_function_calling_another_is_read_through(
     )
     failing = {f.rule for f in sandbox.audit(dynamic=False).failing}
     assert failing == expected
+
+
+def test_a_tenant_column_of_another_name_compared_as_text_is_found(sandbox: Sandbox) -> None:
+    sandbox.sql(
+        "CREATE TABLE {s}.t (org_id uuid NOT NULL, body text NOT NULL);"
+        "ALTER TABLE {s}.t ENABLE ROW LEVEL SECURITY;"
+        "CREATE POLICY p ON {s}.t USING (org_id::text = current_setting('app.current_tenant_id', true));"
+        "GRANT SELECT ON {s}.t TO {app}"
+    )
+    report = sandbox.audit(dynamic=False)
+    assert report.summary["tenant_tables"] == 1
+    missing_index = next(f for f in report.findings if f.rule == "PGT025")
+    assert "'org_id'" in missing_index.message  # judged as a tenant table by the column the policy reads

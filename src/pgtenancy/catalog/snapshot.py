@@ -40,7 +40,7 @@ T = TypeVar("T")
 _SYSTEM_SCHEMAS = ["pg_catalog", "information_schema"]
 _PRIVILEGES = ["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"]
 _TRUE_WORDS = {"true", "on", "yes", "1", "t", "y"}
-_POLICY_COLUMN = re.compile(r'^\(*"?([A-Za-z_][A-Za-z0-9_$]*)"?\s*=')
+_POLICY_COLUMN = re.compile(r'^\(*"?([A-Za-z_][A-Za-z0-9_$]*)"?\)*(?:::[a-z ]+\)*)?\s*=')  # col, (col)::text
 
 _ROLES = text(
     """
