@@ -12,7 +12,15 @@ from pgtenancy.awaitables import DONE
 from pgtenancy.config import TenantId, validate_tenant_id
 from pgtenancy.errors import InvalidTenantError
 
-__all__ = ["NO_TENANT", "current_binding", "current_tenant_id", "tenant_context", "without_tenant"]
+__all__ = [
+    "NO_TENANT",
+    "Binding",
+    "current_binding",
+    "current_tenant_id",
+    "tenant_context",
+    "unbound",
+    "without_tenant",
+]
 
 
 class _NoTenant:
@@ -48,7 +56,7 @@ def current_tenant_id() -> TenantId | None:
     return None if value is NO_TENANT else value  # type: ignore[return-value]
 
 
-class _Binder:
+class Binding:
     """Context manager (sync and async) that binds a value and restores the previous one on exit.
 
     One token, not a stack: entered once per request or operation, it is kept cheap. Entering it
@@ -59,7 +67,7 @@ class _Binder:
 
     __slots__ = ("_token", "_value")
     _token: contextvars.Token[TenantId | _NoTenant | None] | None
-    _value: TenantId | _NoTenant
+    _value: TenantId | _NoTenant | None
 
     def __enter__(self) -> TenantId | None:
         if self._token is not None:
@@ -90,7 +98,7 @@ class _Binder:
 _new: Final = object.__new__
 
 
-def tenant_context(tenant_id: TenantId, *, key_type: str | None = None) -> _Binder:
+def tenant_context(tenant_id: TenantId, *, key_type: str | None = None) -> Binding:
     """Bind ``tenant_id`` for the enclosed block (``with`` or ``async with``); inner bindings win.
 
     :param tenant_id: a UUID, int or str; it is validated against the engine's ``key_type`` when a
@@ -104,13 +112,21 @@ def tenant_context(tenant_id: TenantId, *, key_type: str | None = None) -> _Bind
             f"a tenant id must be a str, int or UUID, not {type(tenant_id).__name__}; "
             "use without_tenant() for work on behalf of no tenant"
         )
-    binder = _new(_Binder)  # built here rather than by an __init__: one frame less per request
+    binder = _new(Binding)  # built here rather than by an __init__: one frame less per request
     binder._value, binder._token = tenant_id, None
     return binder
 
 
-def without_tenant() -> _Binder:
+def without_tenant() -> Binding:
     """Run the enclosed block on behalf of no tenant: RLS then returns no rows and rejects writes."""
-    binder = _new(_Binder)
+    binder = _new(Binding)
     binder._value, binder._token = NO_TENANT, None
+    return binder
+
+
+def unbound() -> Binding:
+    """Run the enclosed block with nothing bound, as outside any request: tasks started in it (and the
+    statements they send) inherit no tenant. For long-lived work started from inside a request."""
+    binder = _new(Binding)
+    binder._value, binder._token = None, None
     return binder

@@ -6,6 +6,7 @@ __all__ = [
     "AutocommitError",
     "ConfigurationError",
     "InvalidTenantError",
+    "JobHeaderError",
     "NoTenantError",
     "TenancyError",
     "TenantSwitchError",
@@ -44,3 +45,7 @@ class UnsafeRoleError(TenancyError):
 
 class UnsafeStatementError(TenancyError):
     """A statement would re-point the tenant setting or end the transaction carrying it; it was not sent."""
+
+
+class JobHeaderError(TenancyError):
+    """A job's tenant header is malformed, unsigned, forged, expired or copied from another job."""
