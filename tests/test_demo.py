@@ -28,6 +28,9 @@ CLAIMS = [
     "acme attaching a task to globex's project is refused",
     "globex's data is unchanged",
     "pgtenancy check finds the demo schema clean",
+    "a job queued by acme's request runs bound to acme",
+    "the nightly fan-out runs one job per tenant",
+    "a job whose tenant header was changed on the way is refused",
 ]
 
 

@@ -9,8 +9,17 @@ from pathlib import Path
 
 from rich.console import Console
 
-from pgtenancy.demo.database import APP_ROLE, TENANTS, DemoDatabase, describe, migrate, prepare, seed
-from pgtenancy.demo.walkthrough import Step, token, walk
+from pgtenancy.demo.database import (
+    APP_ROLE,
+    TENANTS,
+    DemoDatabase,
+    describe,
+    migrate,
+    prepare,
+    project_counts,
+    seed,
+)
+from pgtenancy.demo.walkthrough import Step, token, walk, walk_jobs
 
 __all__ = ["run"]
 
@@ -47,10 +56,13 @@ def run(*, keep: bool = False, serve: bool = False, port: int = 8000, console: C
 
 async def _walkthrough(database: DemoDatabase, key: str) -> list[Step]:
     from pgtenancy.example.app import create_app
+    from pgtenancy.example.worker import Worker
 
     app = create_app(database.app.set(drivername="postgresql+asyncpg").render_as_string(False), jwt_key=key)
     try:
-        return await walk(app, key, lambda: _audit(database))
+        steps = await walk(app, key, lambda: _audit(database))
+        worker = Worker(app.state.engine, signing_key=secrets.token_bytes(32))
+        return steps + await walk_jobs(worker, await asyncio.to_thread(project_counts, database))
     finally:
         await app.state.engine.dispose()
 

@@ -13,7 +13,17 @@ from sqlalchemy.pool import NullPool
 
 from pgtenancy.testing.server import TestServer
 
-__all__ = ["APP_ROLE", "OWNER_ROLE", "TENANTS", "DemoDatabase", "describe", "migrate", "prepare", "seed"]
+__all__ = [
+    "APP_ROLE",
+    "OWNER_ROLE",
+    "TENANTS",
+    "DemoDatabase",
+    "describe",
+    "migrate",
+    "prepare",
+    "project_counts",
+    "seed",
+]
 
 DATABASE = "pgtenancy_demo"
 OWNER_ROLE = "pgtenancy_owner"
@@ -98,6 +108,15 @@ def seed(database: DemoDatabase) -> None:
                     {"t": tenant, "n": name},
                 )
     engine.dispose()
+
+
+def project_counts(database: DemoDatabase) -> dict[int, int]:
+    """Each tenant's number of projects, counted by the superuser (who sees every tenant)."""
+    engine = create_engine(database.admin, poolclass=NullPool)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT tenant_id, count(*) FROM projects GROUP BY tenant_id")).all()
+    engine.dispose()
+    return {tenant: count for tenant, count in rows}
 
 
 def describe(database: DemoDatabase) -> list[str]:

@@ -10,9 +10,11 @@ import httpx
 import jwt
 from starlette.applications import Starlette
 
+from pgtenancy import tenant_context
 from pgtenancy.demo.database import TENANTS
+from pgtenancy.example.worker import Worker
 
-__all__ = ["Step", "token", "walk"]
+__all__ = ["Step", "token", "walk", "walk_jobs"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,46 @@ async def walk(app: Starlette, key: str, audit: Callable[[], Awaitable[Step]]) -
             Step("globex's data is unchanged", response.status_code == 200 and not planted, _status(response))
         )
     steps.append(await audit())
+    return steps
+
+
+async def walk_jobs(worker: Worker, projects: dict[int, int]) -> list[Step]:
+    """Queue jobs from a tenant's request and from the nightly fan-out; tamper with one; run the worker.
+
+    :param projects: each tenant's number of projects, as the superuser counts them.
+    """
+    steps = []
+    async with tenant_context(1):
+        job = worker.enqueue("count_projects")  # what acme's request handler would do
+    (outcome,) = await worker.drain()
+    steps.append(
+        Step(
+            "a job queued by acme's request runs bound to acme: it counts acme's projects only",
+            str(outcome.tenant) == "1" and outcome.result == projects[1],
+            f"tenant {outcome.tenant}: {outcome.result} of {sum(projects.values())} projects",
+        )
+    )
+    await worker.nightly(TENANTS)
+    outcomes = await worker.drain()
+    seen = {str(o.tenant): o.result for o in outcomes}  # the tenant as the header carried it
+    steps.append(
+        Step(
+            "the nightly fan-out runs one job per tenant, each seeing only its own tenant's rows",
+            len(outcomes) == len(TENANTS) and seen == {str(t): projects[t] for t in TENANTS},
+            ", ".join(f"tenant {tenant}: {count} projects" for tenant, count in seen.items()),
+        )
+    )
+    async with tenant_context(1):
+        job = worker.enqueue("count_projects")
+    job.headers["pgtenancy-binding"] = "tenant:2"  # someone with access to the broker re-points it
+    (outcome,) = await worker.drain()
+    steps.append(
+        Step(
+            "a job whose tenant header was changed on the way is refused before it runs",
+            outcome.refused is not None and outcome.result is None,
+            outcome.refused or "it ran",
+        )
+    )
     return steps
 
 
