@@ -96,6 +96,14 @@ async def spawn(ctx: dict[str, Any]) -> dict[str, tuple[object, object]]:
     return {"inherited": await inherited, "detached": await started}
 
 
+@tenant_job
+async def relay(ctx: dict[str, Any]) -> str:
+    """Enqueue a follow-up job from inside this one; its id."""
+    job = await enqueue_job(ctx["redis"], "read_notes")
+    assert job is not None
+    return job.job_id
+
+
 @tenant_job(tenant_free=True)
 async def housekeeping(ctx: dict[str, Any]) -> tuple[bool, list[uuid.UUID]]:
     """A job declared tenant-free: bound to no tenant, it reads nothing."""
@@ -142,7 +150,7 @@ async def work(pool: ArqRedis, engine: AsyncEngine) -> None:
     """Run a real arq worker over the queue until it is empty (burst mode), started with nothing bound."""
     assert current_binding() is None  # a job's tenant can come from its header only
     worker = Worker(
-        functions=[read_notes, write_note, spawn, housekeeping],
+        functions=[read_notes, write_note, spawn, relay, housekeeping],
         redis_pool=pool,
         burst=True,
         poll_delay=0.01,
@@ -260,6 +268,16 @@ async def test_a_task_started_inside_a_job_inherits_its_tenant_and_a_detached_on
         "inherited": (str(A), [A] * counts(admin)[A]),
         "detached": (None, "NoTenantError"),
     }
+
+
+async def test_a_job_enqueued_by_a_job_runs_as_the_first_jobs_tenant(
+    pool: ArqRedis, engine: AsyncEngine, admin: Engine
+) -> None:
+    async with tenant_context(B):
+        job = await enqueue_job(pool, "relay")
+    await work(pool, engine)
+    follow_up = Job(await outcome(job), pool)
+    assert await outcome(follow_up) == (str(B), [B] * counts(admin)[B])
 
 
 async def test_a_tenant_free_job_without_header_runs_bound_to_no_tenant(
