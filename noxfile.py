@@ -34,8 +34,9 @@ def sqlalchemy20(session: nox.Session) -> None:
 
 @nox.session
 def arq(session: nox.Session) -> None:
-    """The arq integration and its docs' examples, in an environment of its own (no Celery)."""
-    session.install("-e", ".[arq,asyncpg,psycopg,testing]", "pytest-asyncio>=0.24")
+    """The arq integration, type-checked against arq, and its docs' examples, in an environment of its own."""
+    session.install("-e", ".[arq,asyncpg,psycopg,testing]", "pytest-asyncio>=0.24", "mypy>=1.13")
+    session.run("python", "-m", "mypy", "src/pgtenancy/jobs/arq.py")  # the dev environment sees arq as Any
     session.run(
         "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_jobs_arq.py", *session.posargs
     )
