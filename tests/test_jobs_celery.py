@@ -412,6 +412,8 @@ def test_configuration_mistakes_are_refused():
         install(eager(), key_type="email")
     with pytest.raises(ConfigurationError, match="ttl"):
         install(eager(), ttl=0)
+    with pytest.raises(ConfigurationError, match="list of task names"):
+        install(eager(), tenant_free="nightly")
 
 
 def test_without_celery_the_import_names_the_extra_to_install():

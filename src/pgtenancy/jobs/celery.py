@@ -136,6 +136,8 @@ def install(
     """
     if ttl <= 0:
         raise ConfigurationError("the signature ttl must be a positive number of seconds")
+    if isinstance(tenant_free, str):
+        raise ConfigurationError("tenant_free is a list of task names: tenant_free=[name]")
     app.conf.update({KEY_TYPE: validate_key_type(key_type), SIGNING_KEY: signing_key, SIGNATURE_TTL: ttl})
     _installed[app] = frozenset(tenant_free)
     if app.finalized:
