@@ -6,7 +6,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from pgtenancy import instrument
-from pgtenancy.asgi import JWTClaimResolver, TenantMiddleware, get_tenant_id
+from pgtenancy.asgi import FASTAPI_DOCS, JWTClaimResolver, TenantMiddleware, get_tenant_id
 
 Session = async_sessionmaker(instrument(create_async_engine(os.environ["DATABASE_URL"])))
 
@@ -14,7 +14,7 @@ app = FastAPI()
 app.add_middleware(
     TenantMiddleware,
     resolver=JWTClaimResolver("tenant_id", key=os.environ["JWT_KEY"], algorithms=["HS256"]),
-    exempt_paths=["/docs", "/openapi.json"],
+    exempt_paths=FASTAPI_DOCS,  # /docs, /docs/oauth2-redirect, /redoc, /openapi.json
 )
 
 

@@ -170,7 +170,7 @@ async def test_exempt_paths_run_with_no_tenant_bound(engine: Any) -> None:
         for path in ("/health", "/public/health"):
             response = await client.get(path, headers={"X-Tenant-ID": str(TENANTS[0])})
             assert response.json() == {"bound": None, "database": "refused: no tenant"}
-        assert (await client.get("/health/")).status_code == 400  # "/health" is an exact match
+        assert (await client.get("/healthz")).status_code == 400  # "/health" is not a prefix
         assert (await client.get("/public")).status_code == 400  # "/public/" matches what is below it
         assert (await client.get("/notes")).status_code == 400
 

@@ -9,10 +9,12 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     raise ImportError("pgtenancy.asgi needs Starlette: pip install 'pgtenancy[asgi]'") from exc
 
 from pgtenancy.asgi.middleware import (
+    FASTAPI_DOCS,
     AccessCheck,
     ErrorHandler,
     PrincipalSource,
     TenantMiddleware,
+    get_jwt_claims,
     get_tenant_id,
 )
 from pgtenancy.asgi.problems import (
@@ -32,10 +34,12 @@ from pgtenancy.asgi.resolvers import (
     Resolver,
     ScopeResolver,
     SubdomainResolver,
+    jwt_claims,
     scope_principal,
 )
 
 __all__ = [
+    "FASTAPI_DOCS",
     "PROBLEM_MEDIA_TYPE",
     "WS_POLICY_VIOLATION",
     "AccessCheck",
@@ -53,7 +57,9 @@ __all__ = [
     "TenantForbiddenError",
     "TenantMiddleware",
     "TenantResolutionError",
+    "get_jwt_claims",
     "get_tenant_id",
+    "jwt_claims",
     "problem_response",
     "scope_principal",
 ]

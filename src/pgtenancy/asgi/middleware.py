@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeAlias, TypeVar
 
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pgtenancy.asgi.problems import (
@@ -17,12 +18,22 @@ from pgtenancy.asgi.problems import (
     close_websocket,
     problem_response,
 )
-from pgtenancy.asgi.resolvers import Resolver, route_path, scope_principal
+from pgtenancy.asgi.resolvers import Resolver, jwt_claims, route_path, scope_principal
 from pgtenancy.config import TenantId, validate_key_type, validate_tenant_id
 from pgtenancy.context import current_tenant_id, tenant_context
 from pgtenancy.errors import ConfigurationError, InvalidTenantError, NoTenantError
 
-__all__ = ["AccessCheck", "ErrorHandler", "PrincipalSource", "TenantMiddleware", "get_tenant_id"]
+__all__ = [
+    "FASTAPI_DOCS",
+    "AccessCheck",
+    "ErrorHandler",
+    "PrincipalSource",
+    "TenantMiddleware",
+    "get_jwt_claims",
+    "get_tenant_id",
+]
+
+FASTAPI_DOCS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")  # FastAPI's default doc routes
 
 T = TypeVar("T")
 AccessCheck: TypeAlias = "Callable[[Any, str], bool | Awaitable[bool]]"
@@ -43,8 +54,9 @@ class TenantMiddleware:
 
     :param resolver: a resolver, or a list of them tried in order (the first non-``None`` answer wins).
     :param key_type: ``"uuid"``, ``"int"`` or ``"str"``: a resolved id that does not match is a 400.
-    :param exempt_paths: paths served with no tenant bound: ``"/health"`` matches exactly that path,
-        an entry ending in ``/`` (``"/static/"``) matches every path below it.
+    :param exempt_paths: paths served with no tenant bound: ``"/health"`` matches that path with or
+        without a trailing slash (not ``/healthz`` nor ``/health/x``), an entry ending in ``/``
+        (``"/static/"``) matches every path below it. ``FASTAPI_DOCS`` lists FastAPI's doc pages.
     :param access_check: ``(principal, tenant) -> bool``, sync or async; false is a 403.
     :param principal: ``(scope) -> principal or None`` for the access check; by default the verified
         JWT claims, ``scope["user"]`` or ``scope["auth"]``. No principal is a 401.
@@ -80,7 +92,7 @@ class TenantMiddleware:
             if path.endswith("/"):
                 prefixes.append(path)
             else:
-                exact.add(path)
+                exact.update((path, path + "/"))
         self._exempt_exact = frozenset(exact)
         self._exempt_prefixes = tuple(prefixes)
 
@@ -136,6 +148,17 @@ async def get_tenant_id() -> TenantId:
             "no tenant is bound to this request: add TenantMiddleware, and do not exempt this path"
         )
     return tenant
+
+
+async def get_jwt_claims(connection: HTTPConnection) -> dict[str, Any]:
+    """The JWT claims verified for this request; a FastAPI dependency: ``Depends(get_jwt_claims)``."""
+    claims = jwt_claims(connection)
+    if claims is None:
+        raise ConfigurationError(
+            "no verified JWT claims for this request: give TenantMiddleware a JWTClaimResolver (as a "
+            "resolver, or principal=JWTClaimResolver(...).verify), and do not exempt this path"
+        )
+    return claims
 
 
 async def _maybe_await(value: T | Awaitable[T]) -> T:

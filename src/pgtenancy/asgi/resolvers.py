@@ -8,10 +8,12 @@ middleware validates whatever comes back against its ``key_type`` before binding
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, Protocol, TypeAlias
 
+from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
 from pgtenancy.asgi.problems import InvalidCredentialsError, MalformedTenantError
@@ -28,6 +30,7 @@ __all__ = [
     "ScopeResolver",
     "SubdomainResolver",
     "header_value",
+    "jwt_claims",
     "route_path",
     "scope_principal",
 ]
@@ -40,6 +43,7 @@ _CONTROL_RE = re.compile(rb"[\x00-\x1f\x7f]")
 _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _DOMAIN_RE = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_log = logging.getLogger("pgtenancy.asgi")
 
 ResolvedTenant: TypeAlias = "TenantId | None"
 
@@ -84,6 +88,13 @@ def route_path(scope: Scope) -> str:
     if root and path.startswith(root):
         return path[len(root) :] or "/"
     return path
+
+
+def jwt_claims(connection: HTTPConnection | Scope) -> dict[str, Any] | None:
+    """The claims a ``JWTClaimResolver`` verified for this request or WebSocket (a Request or a scope)."""
+    scope = connection.scope if isinstance(connection, HTTPConnection) else connection
+    claims: dict[str, Any] | None = scope.get(CLAIMS_SCOPE_KEY)
+    return claims
 
 
 def scope_principal(scope: Scope) -> Any | None:
@@ -281,18 +292,21 @@ class JWTClaimResolver:
 
     async def __call__(self, scope: Scope) -> Any | None:
         claims = await self.verify(scope)
-        if claims is None:
-            return None
-        scope[CLAIMS_SCOPE_KEY] = claims
-        return claims.get(self.claim)
+        return None if claims is None else claims.get(self.claim)
 
     async def verify(self, scope: Scope) -> dict[str, Any] | None:
         """The verified claims of the request's bearer token; ``None`` without one; 401 if it is bad.
 
-        Usable on its own as the middleware's ``principal`` when the tenant comes from elsewhere.
+        Usable on its own as the middleware's ``principal`` when the tenant comes from elsewhere. The
+        claims are kept in the scope for ``jwt_claims(request)``. Why a token is refused is logged
+        (logger ``pgtenancy.asgi``, the error's class only, never the token); the client gets fixed text.
         """
         jwt = _import_jwt()
-        authorization = header_value(scope, "Authorization", max_length=MAX_TOKEN_LENGTH)
+        try:
+            authorization = header_value(scope, "Authorization", max_length=MAX_TOKEN_LENGTH)
+        except MalformedTenantError:  # over-long, control characters, conflicting copies: bad credentials
+            _log.warning("bearer token refused: unusable Authorization header")
+            raise InvalidCredentialsError("malformed authorization header") from None
         if authorization is None:
             return None
         scheme, _, token = authorization.partition(" ")
@@ -312,10 +326,12 @@ class JWTClaimResolver:
                 leeway=self.leeway,
                 options={"require": list(self.require)},
             )
-        except jwt.ExpiredSignatureError:
-            raise InvalidCredentialsError("the token has expired") from None
-        except jwt.PyJWTError:
+        except jwt.PyJWTError as exc:
+            _log.warning("bearer token refused: %s", _refusal(exc))
+            if isinstance(exc, jwt.ExpiredSignatureError):
+                raise InvalidCredentialsError("the token has expired") from None
             raise InvalidCredentialsError("invalid token") from None
+        scope[CLAIMS_SCOPE_KEY] = claims
         return claims
 
     async def _jwk_for(self, jwt: Any, token: str) -> Any:
@@ -333,6 +349,12 @@ class JWTClaimResolver:
         if len(matches) != 1:
             raise jwt.InvalidKeyError("no single signing key in the JWK Set matches the token")
         return matches[0]
+
+
+def _refusal(exc: Exception) -> str:
+    """Why PyJWT refused a token, without any of its contents: the error class and a missing claim's name."""
+    claim = getattr(exc, "claim", None)  # MissingRequiredClaimError names a claim this resolver requires
+    return type(exc).__name__ + (f" ({claim})" if isinstance(claim, str) else "")
 
 
 def _import_jwt() -> Any:
