@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, Text, text
+from sqlalchemy import BigInteger, Column, Index, Table, Text, event, text
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 from sqlalchemy.types import TypeEngine
@@ -17,6 +17,7 @@ __all__ = ["TENANT_INFO_KEY", "TenantMixin", "tenant_column", "tenant_default_sq
 TENANT_INFO_KEY = "pgtenancy"  # Column.info key marking a table's tenant column: {"key_type", "setting"}
 
 _TYPES: dict[str, type[TypeEngine[Any]]] = {"uuid": UUID, "int": BigInteger, "str": Text}
+_FIRST = -1000  # sort_order placing the tenant column before the model's own columns (their default is 0)
 
 
 def tenant_default_sql(*, key_type: str = "uuid", setting: str = DEFAULT_SETTING) -> str:
@@ -25,23 +26,46 @@ def tenant_default_sql(*, key_type: str = "uuid", setting: str = DEFAULT_SETTING
 
 
 def tenant_column(
-    *, key_type: str = "uuid", setting: str = DEFAULT_SETTING, primary_key: bool = False, **kwargs: Any
+    *,
+    key_type: str = "uuid",
+    setting: str = DEFAULT_SETTING,
+    primary_key: bool = False,
+    index: bool | None = None,
+    **kwargs: Any,
 ) -> Any:
-    """A ``mapped_column`` for the tenant id: NOT NULL, indexed, defaulting to the bound tenant.
+    """A ``mapped_column`` for the tenant id: NOT NULL, first in the table, defaulting to the bound tenant.
 
     The server default reads the same setting the RLS policy does, so an insert that does not set
     the column is written for the transaction's tenant, and one made with no tenant fails NOT NULL.
+    With ``index=None`` the table gets an index on the column only when no primary key, unique
+    constraint or index of the table already leads with it (the policy's lookups need one, not two).
     """
     kind = validate_key_type(key_type)
-    kwargs.setdefault("index", not primary_key)
-    return mapped_column(
+    kwargs.setdefault("sort_order", _FIRST)
+    mapped: Any = mapped_column(
         _TYPES[kind](),
         nullable=False,
         primary_key=primary_key,
+        index=index,
         server_default=text(tenant_default_sql(key_type=kind, setting=setting)),
         info={TENANT_INFO_KEY: {"key_type": kind, "setting": setting}},
         **kwargs,
     )
+    if index is None and not primary_key:
+        event.listen(mapped.column, "after_parent_attach", _index_once_the_table_is_built)
+    return mapped
+
+
+def _index_once_the_table_is_built(column: Column[Any], table: Table) -> None:
+    """Defer the index decision until the table holds its keys (they are attached after the columns)."""
+    event.listen(table, "after_parent_attach", lambda table, metadata: _index_unless_keyed(table, column))
+
+
+def _index_unless_keyed(table: Table, column: Column[Any]) -> None:
+    """Index ``column`` unless the table's primary key, a unique constraint or an index leads with it."""
+    keys = [table.primary_key, *table.constraints, *table.indexes]
+    if not any(list(getattr(key, "columns", ()))[:1] == [column] for key in keys):
+        Index(None, column)
 
 
 class TenantMixin:
