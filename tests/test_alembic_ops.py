@@ -200,6 +200,64 @@ def test_create_role_refuses_an_existing_role_that_bypasses_rls(admin_ops: tuple
         op.create_tenant_role(ROLE)
 
 
+SECRET = "pw-" + secrets.token_hex(8)
+
+
+def role_password_hash(conn: Connection, role: str) -> str | None:
+    """The stored password (a SCRAM verifier) of ``role``, read as the superuser; ``None`` if it has none."""
+    return conn.exec_driver_sql("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)).scalar_one()
+
+
+@pytest.mark.parametrize(
+    ("options", "set_from"),
+    [({"password": SECRET}, ""), ({"password_env": "PGTENANCY_TEST_ROLE_PASSWORD"}, " to the value of $")],
+    ids=["password", "password_env"],
+)
+def test_offline_sql_never_holds_the_password_and_says_how_to_set_it(
+    admin_ops: tuple[Operations, Connection],
+    monkeypatch: pytest.MonkeyPatch,
+    options: dict[str, str],
+    set_from: str,
+) -> None:
+    monkeypatch.setenv("PGTENANCY_TEST_ROLE_PASSWORD", SECRET)
+    op, buffer = offline_operations()
+    op.create_tenant_role(ROLE, **options)
+    script = buffer.getvalue()
+    assert SECRET not in script
+    assert (
+        f"-- pgtenancy: this script sets no password for role {ROLE} (offline SQL never holds one);" in script
+    )
+    assert f"-- set it{set_from}" in script and f"\\password {ROLE}" in script
+    _, conn = admin_ops
+    conn.exec_driver_sql(script)
+    role = role_info(conn, ROLE)
+    assert role is not None and role.login and role_password_hash(conn, ROLE) is None
+
+
+def test_online_the_password_is_read_from_the_environment_when_the_migration_runs(
+    admin_ops: tuple[Operations, Connection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    op, conn = admin_ops
+    monkeypatch.delenv("PGTENANCY_TEST_ROLE_PASSWORD", raising=False)
+    with pytest.raises(ConfigurationError, match="set the environment variable PGTENANCY_TEST_ROLE_PASSWORD"):
+        op.create_tenant_role(ROLE, password_env="PGTENANCY_TEST_ROLE_PASSWORD")
+    assert role_info(conn, ROLE) is None  # refused before any DDL
+    monkeypatch.setenv("PGTENANCY_TEST_ROLE_PASSWORD", SECRET)
+    op.create_tenant_role(ROLE, password_env="PGTENANCY_TEST_ROLE_PASSWORD")
+    verifier = role_password_hash(conn, ROLE)
+    assert verifier is not None and verifier.startswith("SCRAM-SHA-256$")
+
+
+def test_password_env_must_name_a_variable_and_not_compete_with_a_password() -> None:
+    with pytest.raises(ConfigurationError, match="not both"):
+        CreateTenantRoleOp("r", password="pw", password_env="PW")
+    for name in ("", "1PW", "PW;DROP", "PW\n"):
+        with pytest.raises(ConfigurationError, match="must name an environment variable"):
+            CreateTenantRoleOp("r", password_env=name)
+    role = CreateTenantRoleOp("r", password_env="PW").reverse().reverse()
+    assert (role.password, role.password_env) == (None, "PW")
+
+
 def test_renderers_write_operations_with_their_import():
     migration_context = MigrationContext.configure(dialect_name="postgresql")
     context = AutogenContext(migration_context, opts={"alembic_module_prefix": "op."}, autogenerate=False)
@@ -213,6 +271,9 @@ def test_renderers_write_operations_with_their_import():
     assert render_op_text(context, GrantTenantAccessOp("app", "t")) == "op.grant_tenant_access('app', 't')"
     assert render_op_text(context, CreateTenantRoleOp("app", login=False)) == (
         "op.create_tenant_role('app', login=False)"
+    )
+    assert render_op_text(context, CreateTenantRoleOp("app", password_env="APP_PASSWORD")) == (
+        "op.create_tenant_role('app', password_env='APP_PASSWORD')"
     )
     assert context.imports == {"import pgtenancy.alembic"}
 

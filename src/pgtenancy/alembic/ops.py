@@ -7,6 +7,7 @@ a revision, in ``pgtenancy.alembic.render``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,25 +139,54 @@ class DisableTenantIsolationOp(MigrateOperation):
         return ("disable_tenant_isolation", self.spec.schema, self.spec.table, self.spec.column)
 
 
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _password_env(name: str | None, password: str | None) -> str | None:
+    """``name`` if it is a usable environment variable name and no literal password competes with it."""
+    if name is None:
+        return None
+    if password is not None:
+        raise ConfigurationError("give a role password= or password_env=, not both")
+    if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
+        raise ConfigurationError(f"password_env must name an environment variable, not {name!r}")
+    return name
+
+
 @Operations.register_operation("create_tenant_role")
 class CreateTenantRoleOp(MigrateOperation):
-    """A login role that row-level security binds: NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE."""
+    """A login role that row-level security binds: NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE.
 
-    def __init__(self, name: str, *, login: bool = True, password: str | None = None) -> None:
+    Its password is ``password``, or read from the environment variable ``password_env`` when the
+    migration runs; offline (``--sql``) the role is written without one and a comment says how to set it.
+    """
+
+    def __init__(
+        self, name: str, *, login: bool = True, password: str | None = None, password_env: str | None = None
+    ) -> None:
         ddl.EnsureTenantRole(name, login=login, password=password)  # validates before any DDL
         self.name = name
         self.login = login
         self.password = password
+        self.password_env = _password_env(password_env, password)
 
     @classmethod
     def create_tenant_role(
-        cls, operations: Operations, name: str, *, login: bool = True, password: str | None = None
+        cls,
+        operations: Operations,
+        name: str,
+        *,
+        login: bool = True,
+        password: str | None = None,
+        password_env: str | None = None,
     ) -> None:
         """Create role ``name`` unless it exists; an existing superuser or BYPASSRLS role is an error."""
-        operations.invoke(cls(name, login=login, password=password))
+        operations.invoke(cls(name, login=login, password=password, password_env=password_env))
 
     def reverse(self) -> DropTenantRoleOp:
-        return DropTenantRoleOp(self.name, login=self.login, password=self.password)
+        return DropTenantRoleOp(
+            self.name, login=self.login, password=self.password, password_env=self.password_env
+        )
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
         return ("create_tenant_role", self.name)
@@ -166,21 +196,32 @@ class CreateTenantRoleOp(MigrateOperation):
 class DropTenantRoleOp(MigrateOperation):
     """Drop a tenant role; carries its definition so that the reverse recreates it."""
 
-    def __init__(self, name: str, *, login: bool = True, password: str | None = None) -> None:
+    def __init__(
+        self, name: str, *, login: bool = True, password: str | None = None, password_env: str | None = None
+    ) -> None:
         ddl.EnsureTenantRole(name, login=login, password=password)
         self.name = name
         self.login = login
         self.password = password
+        self.password_env = _password_env(password_env, password)
 
     @classmethod
     def drop_tenant_role(
-        cls, operations: Operations, name: str, *, login: bool = True, password: str | None = None
+        cls,
+        operations: Operations,
+        name: str,
+        *,
+        login: bool = True,
+        password: str | None = None,
+        password_env: str | None = None,
     ) -> None:
         """Drop role ``name`` if it exists (revoke its grants first)."""
-        operations.invoke(cls(name, login=login, password=password))
+        operations.invoke(cls(name, login=login, password=password, password_env=password_env))
 
     def reverse(self) -> CreateTenantRoleOp:
-        return CreateTenantRoleOp(self.name, login=self.login, password=self.password)
+        return CreateTenantRoleOp(
+            self.name, login=self.login, password=self.password, password_env=self.password_env
+        )
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
         return ("drop_tenant_role", self.name)
@@ -447,14 +488,18 @@ def disable_tenant_isolation(
     )
 
 
-def create_tenant_role(name: str, *, login: bool = True, password: str | None = None) -> None:
+def create_tenant_role(
+    name: str, *, login: bool = True, password: str | None = None, password_env: str | None = None
+) -> None:
     """Typed ``op.create_tenant_role``: a role RLS binds (needs a migration role with CREATEROLE)."""
-    _alembic_op.invoke(CreateTenantRoleOp(name, login=login, password=password))
+    _alembic_op.invoke(CreateTenantRoleOp(name, login=login, password=password, password_env=password_env))
 
 
-def drop_tenant_role(name: str, *, login: bool = True, password: str | None = None) -> None:
+def drop_tenant_role(
+    name: str, *, login: bool = True, password: str | None = None, password_env: str | None = None
+) -> None:
     """Typed ``op.drop_tenant_role``: drop the role if it exists."""
-    _alembic_op.invoke(DropTenantRoleOp(name, login=login, password=password))
+    _alembic_op.invoke(DropTenantRoleOp(name, login=login, password=password, password_env=password_env))
 
 
 def grant_tenant_access(role: str, table: str, *, schema: str | None = None) -> None:

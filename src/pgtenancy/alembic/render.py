@@ -56,6 +56,8 @@ def _role_options(op: CreateTenantRoleOp | DropTenantRoleOp) -> dict[str, Any]:
     options: dict[str, Any] = {} if op.login else {"login": False}
     if op.password is not None:
         options["password"] = op.password
+    if op.password_env is not None:
+        options["password_env"] = op.password_env
     return options
 
 

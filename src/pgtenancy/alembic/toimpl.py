@@ -8,6 +8,7 @@ writes the same idempotent statements. Registered with Alembic when ``pgtenancy.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -34,6 +35,7 @@ from pgtenancy.alembic.ops import (
 )
 from pgtenancy.catalog import SchemaMismatchError, column_type, role_info, table_policies, table_security
 from pgtenancy.config import sql_type_name
+from pgtenancy.errors import ConfigurationError
 
 __all__ = ["check_tenant_table"]
 
@@ -121,16 +123,40 @@ def _disable(operations: Operations, operation: DisableTenantIsolationOp) -> Non
 @Operations.implementation_for(CreateTenantRoleOp)
 def _create_role(operations: Operations, operation: CreateTenantRoleOp) -> None:
     conn = _online(operations)
-    if conn is not None:
-        existing = role_info(conn, operation.name)
-        if existing is not None and (existing.superuser or existing.bypassrls):
-            raise SchemaMismatchError(
-                f"role {operation.name!r} exists and is a superuser or has BYPASSRLS: row level security "
-                "would not bind it; choose another name"
-            )
-    _run(
-        operations,
-        ddl.create_role_statements(operation.name, login=operation.login, password=operation.password),
+    if conn is None:  # offline: the script is a file people read, keep and share; it never holds a secret
+        _run(operations, ddl.create_role_statements(operation.name, login=operation.login))
+        if operation.password is not None or operation.password_env is not None:
+            operations.migration_context.impl.static_output(_password_note(operations, operation))
+        return
+    password = operation.password if operation.password_env is None else _env_password(operation.password_env)
+    existing = role_info(conn, operation.name)
+    if existing is not None and (existing.superuser or existing.bypassrls):
+        raise SchemaMismatchError(
+            f"role {operation.name!r} exists and is a superuser or has BYPASSRLS: row level security "
+            "would not bind it; choose another name"
+        )
+    _run(operations, ddl.create_role_statements(operation.name, login=operation.login, password=password))
+
+
+def _env_password(variable: str) -> str:
+    """The password held by environment variable ``variable`` when the migration runs."""
+    password = os.environ.get(variable)
+    if not password:
+        raise ConfigurationError(
+            f"create_tenant_role(password_env={variable!r}): set the environment variable {variable} "
+            "to the role's password before running the migration"
+        )
+    return password
+
+
+def _password_note(operations: Operations, operation: CreateTenantRoleOp) -> str:
+    """The offline script's comment saying that the role's password is to be set by hand, and from what."""
+    quoted = operations.migration_context.dialect.identifier_preparer.quote(operation.name)
+    role = quoted if quoted.isprintable() else "<the role above>"  # a line break would end the comment
+    source = f" to the value of ${operation.password_env}" if operation.password_env else ""
+    return (
+        f"-- pgtenancy: this script sets no password for role {role} (offline SQL never holds one);\n"
+        f"-- set it{source} once it exists, e.g. in psql: \\password {role}\n"
     )
 
 
