@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Header
+from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -15,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from pgtenancy import current_tenant_id
+from pgtenancy import NoTenantError, current_tenant_id, tenant_context
 from pgtenancy.asgi import (
     FASTAPI_DOCS,
     HeaderResolver,
@@ -26,7 +28,7 @@ from pgtenancy.asgi import (
 )
 from pgtenancy.errors import ConfigurationError
 from tests.asgi_app import HS_SECRET, claims, hs_token
-from tests.conftest import TENANTS
+from tests.conftest import ROWS_PER_TENANT, TENANTS
 
 
 def client_for(app: Any) -> httpx.AsyncClient:
@@ -208,3 +210,45 @@ async def test_access_check_gets_the_canonical_tenant_so_claims_are_canonicalise
     assert allowed.json() == {"tenant": str(TENANTS[0])}
     assert seen == [str(TENANTS[0]), str(TENANTS[1])]  # canonical: lowercase, whatever the client sent
     assert (other.status_code, anonymous.status_code) == (403, 401)
+
+
+# --- binding the tenant in a FastAPI dependency ---
+
+
+async def test_a_sync_dependency_that_binds_the_tenant_gets_errors_naming_the_async_form(
+    seeded: Any, pgtenancy_engine_factory: Any
+) -> None:
+    """FastAPI enters and exits a sync generator dependency in thread-pool threads: the binding is lost."""
+    engine = pgtenancy_engine_factory("asyncpg")
+    app = FastAPI()
+
+    def sync_tenant(x_tenant_id: Annotated[str, Header()]) -> Iterator[None]:
+        with tenant_context(x_tenant_id):
+            yield
+
+    async def async_tenant(x_tenant_id: Annotated[str, Header()]) -> AsyncIterator[None]:
+        async with tenant_context(x_tenant_id):
+            yield
+
+    async def count() -> int:
+        async with engine.connect() as conn:
+            return int((await conn.execute(text("SELECT count(*) FROM notes"))).scalar_one())
+
+    @app.get("/sync", dependencies=[Depends(sync_tenant)])
+    async def with_sync_dependency() -> int:
+        return await count()
+
+    @app.get("/async", dependencies=[Depends(async_tenant)])
+    async def with_async_dependency() -> int:
+        return await count()
+
+    headers = {"X-Tenant-ID": str(TENANTS[0])}
+    async with client_for(app) as client:
+        assert (await client.get("/async", headers=headers)).json() == ROWS_PER_TENANT[TENANTS[0]]
+        with pytest.raises(
+            RuntimeError, match=r"sync \(def\) generator dependency in FastAPI.*async def"
+        ) as exited:
+            await client.get("/sync", headers=headers)
+    refused = exited.value.__context__
+    assert isinstance(refused, NoTenantError)
+    assert "a tenant_context entered in a sync (def) dependency does not reach the endpoint" in str(refused)

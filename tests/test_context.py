@@ -102,3 +102,16 @@ async def test_async_with_binds_and_restores_without_a_value():
             assert current_binding() is NO_TENANT
         assert current_tenant_id() == "7"
     assert current_binding() is None
+
+
+def test_exiting_in_another_context_says_what_happened_and_what_to_write_instead():
+    """As FastAPI does with a sync generator dependency: entered in one copied context, exited in another."""
+    import contextvars
+
+    binder = tenant_context(A)
+    contextvars.copy_context().run(binder.__enter__)
+    with pytest.raises(RuntimeError, match=r"another context than it was entered in.*async def"):
+        contextvars.copy_context().run(binder.__exit__, None, None, None)
+    assert current_tenant_id() is None
+    with binder:  # usable again, once
+        assert current_tenant_id() == A

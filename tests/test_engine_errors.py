@@ -22,6 +22,7 @@ from pgtenancy import (
     without_tenant,
 )
 from pgtenancy.errors import ConfigurationError
+from pgtenancy.jobs import run_in_executor
 from tests.conftest import ROWS_PER_TENANT, TENANTS
 from tests.models import Note
 
@@ -93,8 +94,24 @@ async def test_no_tenant_raises_before_any_statement(seeded, pgtenancy_engine_fa
 
 def test_no_tenant_sync(seeded, pgtenancy_engine_factory):
     engine = pgtenancy_engine_factory("psycopg")
-    with engine.connect() as conn, pytest.raises(NoTenantError):
+    with engine.connect() as conn, pytest.raises(NoTenantError) as refused:
         conn.execute(text("SELECT 1"))
+    assert "run_in_executor" not in str(refused.value)  # the thread advice is for threads only
+
+
+async def test_executor_work_without_the_tenant_is_told_about_run_in_executor(
+    seeded, pgtenancy_engine_factory
+):
+    engine = pgtenancy_engine_factory("psycopg")
+
+    def count() -> int:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM notes")).scalar_one()
+
+    async with tenant_context(A):
+        with pytest.raises(NoTenantError, match=r"start it with pgtenancy\.jobs\.run_in_executor\("):
+            await asyncio.get_running_loop().run_in_executor(None, count)
+        assert await run_in_executor(None, count) == ROWS_PER_TENANT[A]
 
 
 async def test_on_missing_empty_runs_with_no_tenant(seeded, pgtenancy_engine_factory):

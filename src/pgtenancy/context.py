@@ -78,7 +78,11 @@ class Binding:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        _binding.reset(self._token)  # type: ignore[arg-type]
+        try:
+            _binding.reset(self._token)  # type: ignore[arg-type]
+        except ValueError:
+            self._token = None
+            raise _exited_elsewhere() from None
         self._token = None
 
     def __aenter__(self) -> Awaitable[None]:  # no coroutine per call: bound now, then awaited as done
@@ -90,9 +94,23 @@ class Binding:
     def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> Awaitable[None]:
-        _binding.reset(self._token)  # type: ignore[arg-type]
+        try:
+            _binding.reset(self._token)  # type: ignore[arg-type]
+        except ValueError:
+            self._token = None
+            raise _exited_elsewhere() from None
         self._token = None
         return DONE
+
+
+def _exited_elsewhere() -> RuntimeError:
+    """The error for a binding left in another context than the one it was entered in (its token's)."""
+    return RuntimeError(
+        "this tenant context is exited in another context than it was entered in, so its binding never "
+        "reached the code in between. A sync (def) generator dependency in FastAPI is entered and exited "
+        "in thread-pool threads: write the dependency that binds the tenant as async def (or let "
+        "pgtenancy.asgi.TenantMiddleware bind it)"
+    )
 
 
 _new: Final = object.__new__

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import sys
+import threading
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -230,10 +232,7 @@ class _Listeners:
         Called through ``resolve``, its cache; errors are raised, never cached.
         """
         if binding is None and self.config.on_missing == "raise":
-            raise NoTenantError(
-                "no tenant is bound: wrap the work in tenant_context(tenant_id), "
-                "or in without_tenant() for work on behalf of no tenant"
-            )
+            raise NoTenantError(_no_tenant_advice())
         value = (
             ""
             if binding is None or binding is NO_TENANT
@@ -257,6 +256,27 @@ class _Listeners:
                 "as a parameter; pgtenancy alone sets it, at BEGIN"
             )
         return verdict
+
+
+def _no_tenant_advice() -> str:
+    """What to do about a transaction begun with no tenant bound, for where it began; built only to raise."""
+    advice = (
+        "no tenant is bound: wrap the work in tenant_context(tenant_id), "
+        "or in without_tenant() for work on behalf of no tenant"
+    )
+    if threading.current_thread() is not threading.main_thread():
+        advice += (
+            ". This is not the main thread: a thread started by loop.run_in_executor, a thread pool or "
+            "threading.Thread inherits no tenant; from a request or job, start it with "
+            "pgtenancy.jobs.run_in_executor(executor, function, *args), "
+            "or run it in contextvars.copy_context()"
+        )
+    if "fastapi" in sys.modules:
+        advice += (
+            ". In FastAPI, a tenant_context entered in a sync (def) dependency does not reach the endpoint: "
+            "make that dependency async def"
+        )
+    return advice
 
 
 def _autocommit_error() -> AutocommitError:
