@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import sys
 from argparse import Namespace
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import URL, create_engine, text
+from sqlalchemy import URL, Connection, create_engine, text
 from sqlalchemy.pool import NullPool
 
 from pgtenancy.errors import ConfigurationError, TenancyError
+from pgtenancy.testing.database import TestRoles
 from pgtenancy.testing.server import ServerNotFoundError, TestServer, start_embedded
 
-__all__ = ["DATABASE", "OWNER_ROLE", "MigrationFailedError", "migrated_database"]
+__all__ = ["DATABASE", "OWNER_ROLE", "MigrationFailedError", "alembic_schema", "migrated_database"]
 
 DATABASE = "pgtenancy_check"
 OWNER_ROLE = "pgtenancy_check_owner"
@@ -66,6 +67,32 @@ def migrated_database(
         yield server.url(database=DATABASE)
     finally:
         server.stop()
+
+
+def alembic_schema(
+    *,
+    config_file: Path | None = None,
+    script_location: Path | None = None,
+    x_arguments: Sequence[str] = (),
+) -> Callable[[Connection, TestRoles], None]:
+    """A ``pgtenancy_schema`` builder that runs your Alembic migrations into the template database.
+
+    The template then holds what production holds (tables, policies, grants), built once per test run and
+    cloned per module. ``alembic upgrade head`` runs as the owner role, on the URL of the connection it is
+    given (as ``sqlalchemy.url`` and ``config.attributes["url"]``), with ``-x app_role=<the app role>``:
+    the role exists already, so revisions that create it must skip an existing role, as
+    ``op.create_tenant_role`` does. The owner has no CREATEROLE.
+
+    :param config_file: the project's ``alembic.ini`` (or a pyproject.toml with ``[tool.alembic]``).
+    :param script_location: the migrations directory (the one holding ``env.py``), instead of a config file.
+    :param x_arguments: more ``-x`` arguments, ``name=value`` each, for the migrations to read.
+    """
+
+    def build(conn: Connection, roles: TestRoles) -> None:
+        config = _config(config_file, script_location, [*x_arguments, "app_role=" + roles.app])
+        _upgrade(config, conn.engine.url)
+
+    return build
 
 
 def _config(config_file: Path | None, script_location: Path | None, x_arguments: list[str]) -> Config:
