@@ -1,14 +1,13 @@
 """The README's set-up commands are the ones CI runs."""
 
-import re
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.test_docs_snippets import ROOT, parse
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
-    readme = (ROOT / "README.md").read_text()
-    setup = readme[readme.index("## Set-up") : readme.index("## Quickstart")]
-    commands = re.findall(r"```sh\n(.+?)\n```", setup)
-    assert len(commands) == 2 and commands[0].endswith("pgtenancy demo")
-    assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
+    setup = [
+        block.body.rstrip("\n")
+        for block in parse(ROOT / "README.md")
+        if block.id.startswith("README.md#set-up")
+    ]
+    assert len(setup) == 2 and setup[0].endswith("pgtenancy demo")
+    assert setup[1] in (ROOT / ".ci" / "run").read_text().splitlines()
