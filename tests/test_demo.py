@@ -97,3 +97,61 @@ def test_demo_serve_answers_curl_commands_it_prints():
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def test_the_demo_extra_installs_every_distribution_the_demo_imports():
+    """``pip install 'pgtenancy[demo]'`` then ``pgtenancy demo``: every third-party module the demo loads
+    comes from a distribution that the ``demo`` extra requires, directly or through its dependencies."""
+    import tomllib
+    from importlib.metadata import PackageNotFoundError, packages_distributions, requires
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def installed_by(requirement: Requirement, seen: set[str]) -> None:
+        """Add the distribution ``requirement`` names, and all it requires (its extras included)."""
+        name = requirement.name.lower().replace("_", "-")
+        if name == "pgtenancy":
+            for extra in requirement.extras:
+                for inner in extras[extra]:
+                    installed_by(Requirement(inner), seen)
+            return
+        key = name + "[" + ",".join(sorted(requirement.extras)) + "]"
+        if key in seen:
+            return
+        seen |= {key, name}
+        try:
+            found = requires(name) or []
+        except PackageNotFoundError:
+            return
+        for text in found:
+            inner = Requirement(text)
+            wanted = [{"extra": extra} for extra in requirement.extras or {""}]
+            if inner.marker is None or any(inner.marker.evaluate(env) for env in wanted):
+                installed_by(inner, seen)
+
+    provided: set[str] = set()
+    for requirement in [*project["dependencies"], "pgtenancy[demo]"]:
+        installed_by(Requirement(requirement), provided)
+
+    def loaded(imports: str) -> set[str]:
+        code = "import sys" + imports + "; print(' '.join({m.split('.')[0] for m in sys.modules}))"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        return set(done.stdout.split())
+
+    demo = loaded(
+        ", pgtenancy.demo, pgtenancy.demo.walkthrough, pgtenancy.example.app, pgtenancy.example.worker, "
+        "pgtenancy.testing.server, pgtenancy.audit, uvicorn, alembic.command"
+    )
+    distributions = packages_distributions()
+    needed = {
+        dist.lower().replace("_", "-")
+        for module in demo - loaded("")  # not what a bare interpreter loads (site hooks)
+        for dist in distributions.get(module, [])
+        if dist.lower() != "pgtenancy"
+    }
+    missing = needed - provided
+    assert not missing, f"the demo imports modules of {sorted(missing)}: pgtenancy[demo] lacks them"
