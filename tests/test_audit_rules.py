@@ -139,6 +139,11 @@ def bypassing_role_with_privileges(box: Sandbox) -> dict:
     return {}
 
 
+def not_granted(box: Sandbox) -> dict:
+    box.table(grants="")
+    return {}
+
+
 def definer_view(box: Sandbox) -> dict:
     box.table()
     box.sql("CREATE VIEW {s}.v AS SELECT * FROM {s}.t; GRANT SELECT ON {s}.v TO {app}", as_owner=False)
@@ -228,6 +233,7 @@ HOLES: list[tuple[Callable[[Sandbox], dict], set[str]]] = [
     (no_tenant_index, {"PGT025"}),
     (trusts_admin_setting, {"PGT028"}),
     (unanalysable_subquery, {"PGT029"}),
+    (not_granted, {"PGT047"}),
 ]
 
 
@@ -404,3 +410,12 @@ def test_a_tenant_column_of_another_name_compared_as_text_is_found(sandbox: Sand
     assert report.summary["tenant_tables"] == 1
     missing_index = next(f for f in report.findings if f.rule == "PGT025")
     assert "'org_id'" in missing_index.message  # judged as a tenant table by the column the policy reads
+
+
+def test_a_tenant_table_without_grants_is_listed_as_closed(sandbox: Sandbox) -> None:
+    sandbox.table(grants="")
+    findings = [f for f in sandbox.audit(dynamic=False).findings if f.rule == "PGT047"]
+    assert [f.object for f in findings] == ["table " + sandbox.schema + ".t"]
+    assert findings[0].severity == "info"
+    sandbox.sql(findings[0].fix or "")
+    assert "PGT047" not in sandbox.audit(dynamic=False).rules()

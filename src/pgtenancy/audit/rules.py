@@ -722,6 +722,27 @@ def _foreign_key_without_tenant(snapshot: Snapshot) -> Iterator[Finding]:
 
 
 @rule(
+    "PGT047",
+    "info",
+    "Tenant table the app role holds no privilege on",
+    why="Closed, not a leak: the app gets 'permission denied' on it at run time. Usually a new table whose "
+    "migration isolated it but did not grant the app role access.",
+    fix="op.grant_tenant_access('app', 't') in the table's migration "
+    "(GRANT SELECT, INSERT, UPDATE, DELETE ON t TO app;)",
+)
+def _not_granted(snapshot: Snapshot) -> Iterator[Finding]:
+    if snapshot.app.bypasses:
+        return
+    for table in snapshot.isolated_tables():
+        if not table.partition and not table.app_privileges & {"SELECT", "INSERT", "UPDATE", "DELETE"}:
+            yield RULES["PGT047"].finding(
+                "table " + table.qualified,
+                "is a tenant table the app role may not read or write: its queries get permission denied",
+                fix=f"GRANT SELECT, INSERT, UPDATE, DELETE ON {_table(table)} TO {_role(snapshot.app.name)};",
+            )
+
+
+@rule(
     "PGT023",
     "error",
     "TRUNCATE granted to the app role on a tenant table",
