@@ -41,7 +41,7 @@ from pgtenancy.jobs.carrier import BINDING, EXPIRES
 from pgtenancy.jobs.celery import TenantTask, install, tenant_task
 from pgtenancy.testing import TestDatabase
 from tests.conftest import TENANTS
-from tests.redis_server import redis_url  # noqa: F401
+from tests.redis_server import redis_url, stop  # noqa: F401 - redis_url is a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "a secret the senders and the worker share"
@@ -113,12 +113,7 @@ def worker(
         print(log.read_text())
         raise
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=30)
 
 
 def notes_of(admin: Engine, tenant: uuid.UUID) -> int:

@@ -10,13 +10,14 @@ inside the transaction SQLAlchemy began, so nothing is committed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import Connection, Executable, String
 from sqlalchemy.dialects import postgresql
 
-__all__ = ["DIALECT", "Attempts", "Failure", "literal", "qualified", "quote", "render"]
+__all__ = ["DIALECT", "Attempts", "Failure", "insert", "literal", "qualified", "quote", "render"]
 
 DIALECT: Final = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
 _PREPARER: Final = DIALECT.identifier_preparer
@@ -45,6 +46,15 @@ def qualified(schema: str, name: str) -> str:
 def literal(value: str) -> str:
     """A string literal of no declared type: PostgreSQL gives it the type of what it meets."""
     return str(_LITERAL(value))
+
+
+def insert(table: str, values: Mapping[str, str]) -> str:
+    """INSERT of one row into ``table`` (already quoted); the values are literals of no declared type."""
+    if not values:
+        return " ".join(("INSERT INTO", table, "DEFAULT VALUES"))
+    names = ", ".join(quote(name) for name in values)
+    row = ", ".join(literal(value) for value in values.values())
+    return " ".join(("INSERT INTO", table, "(" + names + ") VALUES (" + row + ")"))
 
 
 @dataclass(frozen=True)

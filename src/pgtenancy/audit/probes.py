@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.functions import Function
 
 from pgtenancy.audit.attempts import DIALECT, Attempts, literal, qualified, quote, render
+from pgtenancy.audit.attempts import insert as insert_sql  # Target.insert is the probes' own
 from pgtenancy.audit.findings import Finding, Rule
 from pgtenancy.audit.rows import Blueprints, Plan, RowBuilder, Unbuildable
 from pgtenancy.catalog.snapshot import Column, Relation, Snapshot
@@ -29,8 +30,6 @@ from pgtenancy.drivers import set_local_renderer
 
 __all__ = ["PROBE_RULES", "Leak", "Outcome", "Target", "probe_table", "run_probes"]
 
-_DIALECT = DIALECT  # values inlined as written: a "%" stays a "%"
-_preparer = _DIALECT.identifier_preparer
 _WORKERS = 4  # tables probed at once, each on its own connection
 _TIMEOUTS = {"statement_timeout": "5s", "lock_timeout": "1s"}
 _PRIVILEGES = {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE"}
@@ -135,11 +134,7 @@ class Target:
 
     def insert(self, values: dict[str, str]) -> str:
         """INSERT of one row with these column values (literals of no declared type)."""
-        if not values:
-            return _sql("INSERT INTO", self.name, "DEFAULT VALUES")
-        names = ", ".join(quote(name) for name in values)
-        row = ", ".join(literal(value) for value in values.values())
-        return _sql("INSERT INTO", self.name, "(" + names + ") VALUES (" + row + ")")
+        return insert_sql(self.name, values)
 
     def select_all(self) -> str:
         return _sql("SELECT * FROM", self.name, "LIMIT 5")
@@ -240,7 +235,7 @@ class _Session:
 
     def as_app(self) -> None:
         if self.app_role is not None:
-            self.attempts.run("SET LOCAL ROLE " + _preparer.quote(self.app_role))
+            self.attempts.run("SET LOCAL ROLE " + quote(self.app_role))
         self.as_app_now = True
 
     def as_auditor(self) -> None:
@@ -255,7 +250,7 @@ class _Session:
     def binding(self, tenant: str) -> str:
         """The statement binding ``tenant`` for the rest of the transaction."""
         if self.set_local:
-            return str(set_local_renderer(_DIALECT, self.setting)(tenant))
+            return str(set_local_renderer(DIALECT, self.setting)(tenant))
         return "SELECT set_config(" + literal(self.setting) + ", " + literal(tenant) + ", true)"
 
     def first(self, statement: Executable | str) -> tuple[Any, ...] | None:
@@ -340,7 +335,7 @@ class _Session:
     def reproduction(self, statement: Executable | str) -> str:
         lines = ["BEGIN;"]
         if self.app_role is not None:
-            lines.append("SET LOCAL ROLE " + _preparer.quote(self.app_role) + ";")
+            lines.append("SET LOCAL ROLE " + quote(self.app_role) + ";")
         if self.bound is not None:
             lines.append(self.binding(self.bound) + ";")
         lines += [_render(statement) + ";", "ROLLBACK;"]
@@ -580,7 +575,7 @@ def run_probes(engine: Engine, snapshot: Snapshot, *, auditor: str) -> list[Find
 def _can_assume(engine: Engine, role: str) -> bool:
     with engine.connect() as conn, conn.begin() as transaction:
         try:
-            conn.exec_driver_sql("SET LOCAL ROLE " + _preparer.quote(role))
+            conn.exec_driver_sql("SET LOCAL ROLE " + quote(role))
         except DBAPIError:
             return False
         finally:

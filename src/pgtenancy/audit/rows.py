@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
-from pgtenancy.audit.attempts import Attempts, Failure, literal, qualified, quote
+from pgtenancy.audit.attempts import Attempts, Failure, insert, qualified, quote
 from pgtenancy.catalog.inserts import COLUMNS, CONSTRAINTS, TABLES, TYPES
 
 __all__ = ["Blueprints", "Plan", "RowBuilder", "Unbuildable"]
@@ -363,9 +363,4 @@ class RowBuilder:
 
 def _insert(table_: _Table, values: Mapping[str, str]) -> str:
     """INSERT of one row of ``table_`` with these values, as literals of no declared type."""
-    target = qualified(table_.schema, table_.name)
-    if not values:
-        return " ".join(("INSERT INTO", target, "DEFAULT VALUES"))
-    names = ", ".join(quote(name) for name in values)
-    row = ", ".join(literal(value) for value in values.values())
-    return " ".join(("INSERT INTO", target, "(" + names + ") VALUES (" + row + ")"))
+    return insert(qualified(table_.schema, table_.name), values)

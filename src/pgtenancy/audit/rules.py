@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql
 from pgtenancy import citus
 from pgtenancy.audit.expressions import Analysis, analyse, table_expression
 from pgtenancy.audit.findings import Finding, Rule, Severity
-from pgtenancy.catalog.snapshot import ForeignKey, Function, Policy, Relation, Snapshot
+from pgtenancy.catalog.snapshot import ForeignKey, Function, Policy, Relation, Snapshot, call_names
 from pgtenancy.predicate import tenant_predicate_sql
 
 __all__ = ["RULES", "CatalogRule", "run_rules"]
@@ -86,15 +86,10 @@ def _analyse(
 def _definitions(snapshot: Snapshot, oids: Iterable[int]) -> tuple[tuple[str, str], ...]:
     """Each function's definition by the names a printed expression calls it: the policy's own functions
     (qualified, and bare), over every other function read, for the calls inside their bodies."""
-    pairs = dict(snapshot.function_bodies)
-    bare: dict[str, set[str]] = {}
-    for function in (snapshot.functions[oid] for oid in set(oids) if oid in snapshot.functions):
-        pairs[function.schema + "." + function.name] = function.body
-        bare.setdefault(function.name, set()).add(function.body)
-    for name, bodies in bare.items():
-        if len(bodies) == 1:  # an overloaded or repeated name stays unresolved: never the wrong body
-            pairs[name] = next(iter(bodies))
-    return tuple(sorted(pairs.items()))
+    own = [snapshot.functions[oid] for oid in set(oids) if oid in snapshot.functions]
+    if not own:
+        return snapshot.function_bodies
+    return tuple(sorted({**dict(snapshot.function_bodies), **call_names(own)}.items()))
 
 
 def _guarded(snapshot: Snapshot, table: Relation, policy: Policy, *, check: bool) -> bool:

@@ -33,6 +33,7 @@ __all__ = [
     "SequenceAccess",
     "Snapshot",
     "Trigger",
+    "call_names",
     "read_snapshot",
 ]
 
@@ -581,18 +582,9 @@ class Snapshot:
     large_objects: tuple[LargeObjectAccess, ...] = ()
 
     @functools.cached_property
-    def function_bodies(self) -> dict[str, str]:
-        """Every SQL or PL/pgSQL function read, by the names a body may call it: ``schema.name``, and
-        ``name`` where no other function read has it (an overloaded or repeated name is never resolved)."""
-        bodies: dict[str, str] = {}
-        bare: dict[str, set[str]] = {}
-        for function in self.functions.values():
-            bodies[function.schema + "." + function.name] = function.body
-            bare.setdefault(function.name, set()).add(function.body)
-        for name, found in bare.items():
-            if len(found) == 1:
-                bodies.setdefault(name, next(iter(found)))
-        return bodies
+    def function_bodies(self) -> tuple[tuple[str, str], ...]:
+        """Every SQL or PL/pgSQL function read, by the names a body may call it (see ``call_names``)."""
+        return tuple(sorted(call_names(self.functions.values()).items()))
 
     def isolated_tables(self) -> list[Relation]:
         return [r for r in self.relations.values() if r.isolated]
@@ -659,6 +651,18 @@ class Snapshot:
             else:
                 tables.add(oid)
         return tables
+
+
+def call_names(functions: Iterable[Function]) -> dict[str, str]:
+    """Each function's body by the names SQL may call it: ``schema.name``, and ``name`` where no other
+    of ``functions`` has it (an overloaded or repeated name is never resolved: never the wrong body)."""
+    bodies: dict[str, str] = {}
+    bare: dict[str, set[str]] = {}
+    for function in functions:
+        bodies[function.schema + "." + function.name] = function.body
+        bare.setdefault(function.name, set()).add(function.body)
+    bodies.update((name, next(iter(found))) for name, found in bare.items() if len(found) == 1)
+    return bodies
 
 
 def read_snapshot(
