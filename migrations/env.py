@@ -3,7 +3,9 @@
 The database URL comes from ``config.attributes["url"]`` (set by
 ``pgtenancy.example.migrate.migrations_config``), ``$PGTENANCY_DATABASE_URL`` or ``sqlalchemy.url``; use an
 async driver (``postgresql+asyncpg://`` or ``postgresql+psycopg://``). Run it as the schema owner;
-the first revision also creates the app role, which needs a migration role with CREATEROLE.
+the first revision also creates the app role, which needs a migration role with CREATEROLE. The app role
+(``-x app_role=NAME``, ``$PGTENANCY_APP_ROLE``, default ``pgtenancy_app``) is the one the first revision
+creates and the one autogenerate proposes ``grant_tenant_access`` for on new tenant tables.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ def database_url() -> str | URL:
     return url
 
 
+def app_role() -> str:
+    """The app role: ``-x app_role=NAME``, else ``$PGTENANCY_APP_ROLE``, else ``pgtenancy_app``."""
+    given = context.get_x_argument(as_dictionary=True).get("app_role")
+    return given or os.environ.get("PGTENANCY_APP_ROLE") or "pgtenancy_app"
+
+
 def run_migrations_offline() -> None:
     """Write the migrations as SQL (``alembic upgrade --sql``) without connecting."""
     context.configure(
@@ -51,7 +59,11 @@ def run_migrations_offline() -> None:
 
 
 def do_run_migrations(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        pgtenancy_app_roles=[app_role()],  # autogenerate proposes grant_tenant_access for this role
+    )
     with context.begin_transaction():
         context.run_migrations()
 

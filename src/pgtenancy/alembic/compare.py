@@ -1,10 +1,14 @@
-"""The autogenerate comparator: marked tables whose live isolation is missing or differs get enabled.
+"""The autogenerate comparator: marked tables get isolation enabled and the app roles their grants.
 
 A table is *marked* when one of its columns carries ``pgtenancy.orm.TENANT_INFO_KEY`` in ``.info``
 (``TenantMixin`` / ``tenant_column``). For each marked table the live catalog must show RLS enabled
 and forced and pgtenancy's policy with the expected expressions; the expected policy is created on the
 live table inside a SAVEPOINT, read back through ``pg_get_expr`` and rolled back, so PostgreSQL's
 own normal form is compared with itself. Tables that are not marked are never touched.
+
+The app roles named by ``context.configure(pgtenancy_app_roles=[...])`` in ``env.py`` get
+``grant_tenant_access`` on every marked table whose privileges they cannot all use yet (each new table
+among them), so a new tenant table does not fail closed with "permission denied" at run time.
 
 In a database with the Citus extension the expected policy is the unwrapped form Citus accepts, and a
 marked table that is still a plain table also gets ``distribute_tenant_table`` by its tenant column.
@@ -13,7 +17,9 @@ marked table that is still a plain table also gets ``distribute_tenant_table`` b
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from typing import Any, Final
 
 from alembic.autogenerate.api import AutogenContext
 from alembic.autogenerate.compare import comparators
@@ -23,18 +29,40 @@ from sqlalchemy import Connection, Table
 from sqlalchemy.exc import DBAPIError
 
 from pgtenancy import citus
-from pgtenancy.alembic.ops import DistributeTenantTableOp, EnableTenantIsolationOp, IsolationSpec
-from pgtenancy.catalog import PolicyInfo, table_policies, table_security
+from pgtenancy.alembic.ops import (
+    DistributeTenantTableOp,
+    EnableTenantIsolationOp,
+    GrantTenantAccessOp,
+    IsolationSpec,
+)
+from pgtenancy.catalog import PolicyInfo, missing_access, role_info, table_policies, table_security
 from pgtenancy.config import DEFAULT_SETTING
-from pgtenancy.ddl import MANAGED_PREFIX, POLICY_NAME, CreateTenantPolicy
+from pgtenancy.ddl import (
+    DML_PRIVILEGES,
+    MANAGED_PREFIX,
+    POLICY_NAME,
+    CreateTenantPolicy,
+    validate_role_name,
+)
 from pgtenancy.errors import ConfigurationError
 from pgtenancy.orm import TENANT_INFO_KEY
 
-__all__ = ["compare_tenant_isolation", "distribution_op", "isolation_problems", "tenant_spec"]
+__all__ = [
+    "APP_ROLES_OPTION",
+    "app_roles",
+    "compare_tenant_isolation",
+    "distribution_op",
+    "grant_ops",
+    "isolation_problems",
+    "tenant_spec",
+]
 
 log = logging.getLogger(__name__)
 
 _PROBE_POLICY = MANAGED_PREFIX + "expected_policy_probe"
+
+APP_ROLES_OPTION: Final = "pgtenancy_app_roles"  # the context.configure() keyword naming the app roles
+_GRANTED: Final = tuple(DML_PRIVILEGES.split(", "))  # the table privileges grant_tenant_access gives
 
 
 def tenant_spec(table: Table) -> IsolationSpec | None:
@@ -128,6 +156,59 @@ def distribution_op(conn: Connection, spec: IsolationSpec) -> DistributeTenantTa
     return None
 
 
+def app_roles(opts: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The roles named by ``pgtenancy_app_roles`` in the migration context's options; ``None`` if unset."""
+    roles = opts.get(APP_ROLES_OPTION)
+    if roles is None:
+        return None
+    if isinstance(roles, str) or not isinstance(roles, Iterable):
+        raise ConfigurationError(
+            f"{APP_ROLES_OPTION} takes a list of role names, e.g. {APP_ROLES_OPTION}=[{roles!r}], "
+            f"not {roles!r}"
+        )
+    return tuple(validate_role_name(role) for role in roles)
+
+
+def _existing_roles(conn: Connection, opts: Mapping[str, Any]) -> tuple[str, ...]:
+    """The configured app roles that exist, with a warning for no configuration and for each unknown role."""
+    roles = app_roles(opts)
+    if roles is None:
+        log.warning(
+            "pgtenancy: no app role configured, so autogenerate proposes no grant_tenant_access and new "
+            "tenant tables will refuse the app ('permission denied'): pass %s=['app'] to "
+            "context.configure() in env.py (%s=[] if you grant access by hand)",
+            APP_ROLES_OPTION,
+            APP_ROLES_OPTION,
+        )
+        return ()
+    missing = [role for role in roles if role_info(conn, role) is None]
+    for role in missing:
+        log.warning(
+            "pgtenancy: app role %r (%s) does not exist, so autogenerate proposes no grants for it: "
+            "create it first (op.create_tenant_role in a revision, then upgrade) or correct the name",
+            role,
+            APP_ROLES_OPTION,
+        )
+    return tuple(role for role in roles if role not in missing)
+
+
+def grant_ops(conn: Connection, spec: IsolationSpec, roles: Iterable[str]) -> list[GrantTenantAccessOp]:
+    """``grant_tenant_access`` for each role lacking part of what it grants on the table, or if it is new."""
+    exists = table_security(conn, spec.table, spec.schema) is not None  # or made in the same revision
+    ops = []
+    for role in roles:
+        if exists:
+            gap = missing_access(conn, role, spec.table, _GRANTED, spec.schema)
+            if gap is None or gap.complete:
+                continue
+            lacking = ", ".join(gap.privileges + tuple("USAGE ON " + sequence for sequence in gap.sequences))
+            log.info("Detected tenant access to grant to %r on %r: %s", role, spec.qualified_name, lacking)
+        else:
+            log.info("Detected tenant access to grant to %r on new table %r", role, spec.qualified_name)
+        ops.append(GrantTenantAccessOp(role, spec.table, schema=spec.schema))
+    return ops
+
+
 @comparators.dispatch_for("schema", qualifier="postgresql", priority=DispatchPriority.LAST)
 def compare_tenant_isolation(
     autogen_context: AutogenContext, upgrade_ops: UpgradeOps, schemas: set[str | None]
@@ -136,18 +217,24 @@ def compare_tenant_isolation(
 
     Runs after Alembic's table comparison, so the operation follows a ``create_table`` or
     ``add_column`` of the same revision. With Citus, ``distribute_tenant_table`` follows it for tables
-    not distributed yet (parents before children: the tables come in dependency order).
+    not distributed yet (parents before children: the tables come in dependency order). Last come the
+    ``grant_tenant_access`` operations for the configured app roles.
     """
     conn = autogen_context.connection
     if conn is None:
         return PriorityDispatchResult.CONTINUE
-    with_citus = citus.citus_version(conn) is not None
+    specs = []
     for table in autogen_context.sorted_tables:
         spec = tenant_spec(table)
         if spec is None or table.schema not in schemas:
             continue
-        if not autogen_context.run_object_filters(table, table.name, "table", False, None):
-            continue
+        if autogen_context.run_object_filters(table, table.name, "table", False, None):
+            specs.append(spec)
+    if not specs:
+        return PriorityDispatchResult.CONTINUE
+    with_citus = citus.citus_version(conn) is not None
+    roles = _existing_roles(conn, autogen_context.opts)
+    for spec in specs:
         if with_citus:
             spec = replace(spec, citus=True)  # Citus refuses the (SELECT ...) policy on its tables
         problems = isolation_problems(conn, spec)
@@ -160,4 +247,5 @@ def compare_tenant_isolation(
         if distribute is not None:
             log.info("Detected tenant table to distribute on %r", spec.qualified_name)
             upgrade_ops.ops.append(distribute)
+        upgrade_ops.ops.extend(grant_ops(conn, spec, roles))
     return PriorityDispatchResult.CONTINUE

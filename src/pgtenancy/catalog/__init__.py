@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 from pgtenancy.catalog.tables import (
+    AccessGap,
     PolicyInfo,
     RoleInfo,
     SchemaMismatchError,
     TableSecurity,
     column_type,
     indexes_leading_with,
+    missing_access,
     owned_sequences,
     role_info,
     sequence_privileges,
@@ -25,12 +27,14 @@ from pgtenancy.catalog.tables import (
 )
 
 __all__ = [
+    "AccessGap",
     "PolicyInfo",
     "RoleInfo",
     "SchemaMismatchError",
     "TableSecurity",
     "column_type",
     "indexes_leading_with",
+    "missing_access",
     "owned_sequences",
     "role_info",
     "sequence_privileges",

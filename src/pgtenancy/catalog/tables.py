@@ -8,6 +8,7 @@ looked up once by name, then read by oid.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
@@ -15,12 +16,14 @@ from sqlalchemy import Connection, text
 from pgtenancy.errors import ConfigurationError
 
 __all__ = [
+    "AccessGap",
     "PolicyInfo",
     "RoleInfo",
     "SchemaMismatchError",
     "TableSecurity",
     "column_type",
     "indexes_leading_with",
+    "missing_access",
     "owned_sequences",
     "role_info",
     "sequence_privileges",
@@ -167,6 +170,49 @@ _SEQUENCE_PRIVILEGES = text(
 def sequence_privileges(conn: Connection, role: str, sequence: str) -> frozenset[str]:
     """The privileges granted directly to ``role`` on ``sequence`` (regclass text, as ``owned_sequences``)."""
     return frozenset(conn.execute(_SEQUENCE_PRIVILEGES, {"role": role, "sequence": sequence}).scalars())
+
+
+@dataclass(frozen=True, slots=True)
+class AccessGap:
+    """What a role cannot use on a table: table privileges it lacks, owned sequences it may not use."""
+
+    privileges: tuple[str, ...]  # of the privileges asked about, in the order asked
+    sequences: tuple[str, ...]  # owned sequences without USAGE, as (quoted) regclass text
+
+    @property
+    def complete(self) -> bool:
+        """Whether nothing is missing."""
+        return not self.privileges and not self.sequences
+
+
+# Effective rights, as the role's statements would have them (PUBLIC, inherited memberships, ownership).
+_MISSING_ACCESS = text(
+    "SELECT ARRAY(SELECT p.privilege "
+    "FROM unnest(CAST(:privileges AS text[])) WITH ORDINALITY AS p(privilege, n) "
+    "WHERE NOT pg_catalog.has_table_privilege(r.oid, CAST(:oid AS oid), p.privilege) ORDER BY p.n), "
+    "ARRAY(SELECT d.objid::regclass::text FROM pg_catalog.pg_depend d "
+    "JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
+    "WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass "
+    "AND d.refobjid = CAST(:oid AS oid) AND d.deptype IN ('a', 'i') "
+    "AND CASE WHEN s.relkind = 'S' THEN NOT pg_catalog.has_sequence_privilege(r.oid, s.oid, 'USAGE') END "
+    "ORDER BY 1) "  # CASE: a plan may test a row before its join, and the function fails on non-sequences
+    "FROM pg_catalog.pg_roles r WHERE r.rolname = :role"
+)
+
+
+def missing_access(
+    conn: Connection, role: str, table: str, privileges: Sequence[str], schema: str | None = None
+) -> AccessGap | None:
+    """Which of ``privileges`` on ``table`` (and USAGE on its owned sequences) ``role`` cannot use.
+
+    Rights are effective ones, as ``has_table_privilege`` sees them, so a grant to a group role the
+    role inherits from counts. ``None`` if the role does not exist; nothing is missing on a missing table.
+    """
+    row = conn.execute(
+        _MISSING_ACCESS,
+        {"privileges": list(privileges), "oid": _table_oid(conn, table, schema), "role": role},
+    ).one_or_none()
+    return None if row is None else AccessGap(tuple(row[0]), tuple(row[1]))
 
 
 _LEADING_INDEXES = text(
