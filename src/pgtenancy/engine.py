@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 import threading
+import time
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -31,11 +32,11 @@ from pgtenancy.errors import (
     NoTenantError,
     TenancyError,
     TenantSwitchError,
-    UnsafeRoleError,
     UnsafeStatementError,
 )
 from pgtenancy.roles import verify_dbapi_role
 from pgtenancy.roles import verify_role as _verify_role
+from pgtenancy.seal import Seal, Signer
 from pgtenancy.sessions import forget_engine, guard_sessions
 from pgtenancy.statements import CLEAN, Verdict, names_setting, refuse, vet
 
@@ -63,6 +64,7 @@ _VERIFIED: Final = (
 )
 _APPLYING: Final = "pgtenancy.applying"  # connection-info key: the tenant's own statement is being sent
 _VETTED_MAX: Final = 4096  # statement texts whose verdict an engine remembers
+_BACKEND_SQL: Final = "SELECT pg_catalog.pg_backend_pid(), extract(epoch FROM pg_catalog.clock_timestamp())"
 _instrumented: weakref.WeakKeyDictionary[Engine, _Listeners] = weakref.WeakKeyDictionary()
 
 
@@ -75,6 +77,7 @@ class TenancyConfig:
     on_missing: OnMissing = "raise"
     verify_role: bool = True
     mode: Mode = "begin"
+    seal: Seal | None = None
 
     def __post_init__(self) -> None:
         validate_setting_name(self.setting)
@@ -83,6 +86,16 @@ class TenancyConfig:
             raise ConfigurationError(f"on_missing must be 'raise' or 'empty', not {self.on_missing!r}")
         if self.mode not in ("begin", "set_config", "set_local"):
             raise ConfigurationError(f"mode must be 'begin', 'set_config' or 'set_local', not {self.mode!r}")
+        if self.seal is not None:
+            if not isinstance(self.seal, Seal):
+                raise ConfigurationError("seal must be a pgtenancy.seal.Seal")
+            if self.mode == "set_local":
+                raise ConfigurationError(
+                    "seal cannot be used with mode='set_local' (Citus): the workers run other backends than "
+                    "the one a signature is bound to, and refuse the verifier's subquery in a policy"
+                )
+            if self.seal.setting == self.setting:
+                raise ConfigurationError("the seal needs a setting of its own, not the tenant setting")
 
 
 def instrument(
@@ -93,6 +106,7 @@ def instrument(
     on_missing: OnMissing = "raise",
     verify_role: bool = True,
     mode: Mode = "begin",
+    seal: Seal | None = None,
 ) -> Target:
     """Make every transaction on ``target`` carry the bound tenant, transaction-locally.
 
@@ -109,8 +123,10 @@ def instrument(
     :param on_missing: ``"raise"`` a ``NoTenantError`` when no tenant is bound, or run it as
         ``"empty"`` (no tenant: RLS shows no rows and rejects writes).
     :param verify_role: refuse (``UnsafeRoleError``) a role that bypasses RLS, once per new connection.
+    :param seal: sign the tenant for policies sealed by ``op.seal_tenant_isolation`` (see ``Seal``);
+        needs the asyncpg or psycopg adapter and direct connections to PostgreSQL (no PgBouncer).
     """
-    config = TenancyConfig(setting, key_type, on_missing, verify_role, mode)
+    config = TenancyConfig(setting, key_type, on_missing, verify_role, mode, seal)
     for engine in _engines_of(target):
         existing = _instrumented.get(engine)
         if existing is not None:
@@ -120,6 +136,8 @@ def instrument(
                 )
             continue
         adapter, reason = adapter_for(engine.dialect)
+        if adapter is None and seal is not None:
+            raise ConfigurationError(f"{reason}: sealing needs a driver adapter")
         if adapter is None:
             warnings.warn(
                 f"{reason}: pgtenancy falls back to SQLAlchemy events, whose check is not atomic with "
@@ -203,6 +221,7 @@ class _Listeners:
         self.active = True  # read by the connections this instrumentation armed; False after uninstrument()
         self.separate = config.mode != "begin"  # the tenant is applied by a statement of its own
         self._apply_sql = self._renderer(config.mode)(dialect, config.setting)
+        self._seal_sql = None if config.seal is None else set_local_renderer(dialect, config.seal.setting)
         self._listeners: tuple[tuple[str, Any, bool], ...] = ()
         self._vetted: dict[str, Verdict] = {}
         # validated value and the SQL applying it per bound id; typed, so True never passes for 1
@@ -334,13 +353,41 @@ class _DriverLevel(_Listeners):
 
     def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
         """After SQLAlchemy's set-up: check the role (refuse and close one that bypasses RLS), then check."""
-        if self.config.verify_role:
-            try:
+        try:
+            if self.config.verify_role:
                 verify_dbapi_role(dbapi_connection)
-            except UnsafeRoleError:
-                dbapi_connection.close()
-                raise
-        self.adapter.arm(dbapi_connection, ConnectionState(self, ready=True))
+            signer = self._signer(dbapi_connection)
+        except TenancyError:
+            dbapi_connection.close()
+            raise
+        self.adapter.arm(dbapi_connection, ConnectionState(self, ready=True, signer=signer))
+
+    def _signer(self, dbapi_connection: Any) -> Signer | None:
+        """Sealing: a signer bound to the connection's backend, once the driver's word for it is confirmed.
+
+        The driver learns its backend's pid when it connects; a pooler in between (PgBouncer) hands it
+        a pid of its own, and its transactions may run on other backends than the one a signature names.
+        """
+        seal, render = self.config.seal, self._seal_sql
+        if seal is None or render is None:
+            return None
+        cursor = dbapi_connection.cursor()
+        try:
+            sent = time.time()
+            cursor.execute(_BACKEND_SQL)
+            pid, server_time = cursor.fetchone()
+            received = time.time()
+        finally:
+            cursor.close()
+            dbapi_connection.rollback()
+        driver_pid = self.adapter.backend_pid(dbapi_connection)
+        if pid != driver_pid:
+            raise ConfigurationError(
+                f"sealing needs direct connections to PostgreSQL: the driver was told backend {driver_pid}, "
+                f"the server runs this session as {pid} (a pooler such as PgBouncer sits between, and its "
+                "transactions can run on backends a signature does not name)"
+            )
+        return Signer(seal, pid, float(server_time) - (sent + received) / 2, render)
 
     def _checked(self, run: Any) -> Any:
         """``run`` (a dialect's ``do_execute*``), reading the statement and the binding first; the driver
@@ -371,6 +418,11 @@ class _DriverLevel(_Listeners):
     def _arm_late(self, context: Any) -> ConnectionState:
         """Govern a connection made before ``instrument()`` (or under another instrumentation) from now on."""
         dbapi_connection = context.root_connection.connection.dbapi_connection
+        if self.config.seal is not None:
+            raise ConfigurationError(
+                "a connection made before instrument(seal=...) has no signer for its backend; "
+                "instrument the engine before its first use"
+            )
         if self.adapter.in_transaction(dbapi_connection):
             raise TenancyError(
                 "this connection was opened before instrument() and is inside a transaction whose tenant "

@@ -3,8 +3,8 @@
 Importing this package registers pgtenancy's operations on Alembic's ``op`` (``enable_tenant_isolation``,
 ``disable_tenant_isolation``, ``create_tenant_role``, ``drop_tenant_role``, ``grant_tenant_access``,
 ``revoke_tenant_access``, ``revoke_temporary_tables``, ``grant_temporary_tables``, and for Citus
-``distribute_tenant_table``, ``create_reference_table``,
-``undistribute_table``), their renderers for autogenerate, and the comparator that proposes
+``distribute_tenant_table``, ``create_reference_table``, ``undistribute_table``; the sealing operations
+of ``pgtenancy.alembic.seal``), their renderers for autogenerate, and the comparator that proposes
 ``enable_tenant_isolation`` for every marked model table whose live isolation is missing or differs
 (and, in a Citus database, ``distribute_tenant_table`` for marked tables that are not distributed).
 """
@@ -16,7 +16,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("pgtenancy.alembic needs Alembic: pip install 'pgtenancy[alembic]'") from exc
 
-from pgtenancy.alembic import compare, render, toimpl
+from pgtenancy.alembic import compare, render, seal, toimpl
 from pgtenancy.alembic.ops import (
     CreateReferenceTableOp,
     CreateTenantRoleOp,
@@ -68,6 +68,7 @@ __all__ = [
     "render",
     "revoke_temporary_tables",
     "revoke_tenant_access",
+    "seal",
     "toimpl",
     "undistribute_table",
 ]

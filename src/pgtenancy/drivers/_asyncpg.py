@@ -35,6 +35,7 @@ __all__ = [
     "arm",
     "autocommit_getter",
     "available",
+    "backend_pid",
     "connect",
     "in_transaction",
     "state_getter",
@@ -119,6 +120,11 @@ def in_transaction(dbapi_connection: Any) -> bool:
     return bool(dbapi_connection._connection.is_in_transaction())
 
 
+def backend_pid(dbapi_connection: Any) -> int:
+    """The backend pid asyncpg was told when it connected (``Connection.get_server_pid()``)."""
+    return int(dbapi_connection._connection.get_server_pid())
+
+
 def arm(dbapi_connection: Any, state: ConnectionState) -> None:
     """Govern SQLAlchemy's adapted connection by ``state``: BEGIN carries the tenant, statements are checked.
 
@@ -201,7 +207,9 @@ class _Hooks:
         if state is None or args or kwargs:
             return self._base_execute(query, *args, **kwargs)
         if query.startswith("BEGIN"):
-            reset, apply = state.begin()
+            reset, apply, seal = state.begin()
+            if seal is not None:
+                apply = f"{apply}; {seal}"
             if reset is not None or (apply is not None and state.tenancy.separate):
                 return self._in_steps(state, reset, query, apply)
             if apply is None:

@@ -30,6 +30,7 @@ __all__ = [
     "arm",
     "autocommit_getter",
     "available",
+    "backend_pid",
     "connect",
     "in_transaction",
     "state_getter",
@@ -111,6 +112,11 @@ def in_transaction(dbapi_connection: Any) -> bool:
     return bool(_driver(dbapi_connection).pgconn.transaction_status)
 
 
+def backend_pid(dbapi_connection: Any) -> int:
+    """The backend pid libpq was told when it connected (``ConnectionInfo.backend_pid``)."""
+    return int(_driver(dbapi_connection).info.backend_pid)
+
+
 def arm(dbapi_connection: Any, state: ConnectionState) -> None:
     """Govern psycopg's connection by ``state``: its BEGINs carry the tenant, statements are checked."""
     driver = _driver(dbapi_connection)
@@ -150,7 +156,7 @@ def _tenant_aware(base: type[Any]) -> type[Any]:
             if self.pgconn.transaction_status != idle:
                 state.check_opened()
                 return None
-            reset_sql, apply = state.begin()
+            reset_sql, apply, seal = state.begin()
             if reset_sql is not None:
                 for statement in reset:
                     yield from self._exec_command(statement)
@@ -160,7 +166,11 @@ def _tenant_aware(base: type[Any]) -> type[Any]:
                 if self._pipeline or state.tenancy.separate:  # pipeline mode queues one command at a time
                     yield from super()._start_query()
                     yield from self._exec_command(apply.encode())
+                    if seal is not None:
+                        yield from self._exec_command(seal.encode())
                     return None
+                if seal is not None:
+                    apply = f"{apply}; {seal}"
                 self.pgconn.send_query(self._get_tx_start_command() + b"; " + apply.encode())
                 for result in (yield from generators.execute(self.pgconn)):
                     if result.status == fatal:

@@ -8,6 +8,7 @@ sent in, whatever other tasks or threads sharing the connection do meanwhile.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final, NamedTuple, Protocol
 
 from pgtenancy.context import current_binding
@@ -51,16 +52,18 @@ _record: Final = tuple.__new__  # builds an ``Applied`` in C, without namedtuple
 class ConnectionState:
     """One driver connection: the instrumentation governing it, and what its open transaction carries."""
 
-    __slots__ = ("applied", "dirty", "ready", "tenancy")
+    __slots__ = ("applied", "dirty", "ready", "signer", "tenancy")
 
-    def __init__(self, tenancy: Tenancy, *, ready: bool) -> None:
+    def __init__(self, tenancy: Tenancy, *, ready: bool, signer: Callable[[str], str] | None = None) -> None:
         self.tenancy = tenancy
         self.ready = ready  # False while SQLAlchemy's own set-up runs on a new connection
+        self.signer = signer  # sealing: renders the statement carrying a tenant's seal for this backend
         self.applied: Applied | None = None  # None: no transaction that pgtenancy opened is open
         self.dirty: str | None = None  # the tenant value under which session state was created
 
-    def begin(self) -> tuple[str | None, str | None]:
-        """BEGIN is being sent: record the tenant it carries; return (reset SQL, SQL applying the tenant).
+    def begin(self) -> tuple[str | None, str | None, str | None]:
+        """BEGIN is being sent: record the tenant it carries; return (reset SQL, SQL applying the tenant,
+        SQL applying its seal when the engine seals).
 
         Never raises, so that a BEGIN SQLAlchemy sends for itself (a pool ping) still goes out; a
         binding that cannot be applied is raised at the transaction's first statement instead.
@@ -68,19 +71,26 @@ class ConnectionState:
         tenancy = self.tenancy
         if not (self.ready and tenancy.active):
             self.applied = _UNGOVERNED
-            return None, None
+            return None, None, None
         binding = current_binding()
         try:
             value, apply = tenancy.resolve(binding)
         except TenancyError as error:
             self.applied = Applied(binding, None, error)
-            return None, None
+            return None, None, None
+        seal = None
+        if self.signer is not None and value:
+            try:
+                seal = self.signer(value)
+            except TenancyError as error:  # the key could not be read: the transaction is refused
+                self.applied = Applied(binding, None, error)
+                return None, None, None
         self.applied = _record(Applied, (binding, value, None))
         dirty = self.dirty
         if dirty is None or dirty == value:
-            return None, apply
+            return None, apply, seal
         self.dirty = None  # another tenant's session state is dropped before its transaction begins
-        return "; ".join(RESET_SESSION), apply
+        return "; ".join(RESET_SESSION), apply, seal
 
     def check(self) -> None:
         """A statement is about to be sent in the open transaction: refused unless it carries the binding."""
