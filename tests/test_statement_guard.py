@@ -119,6 +119,7 @@ async def test_innocent_statements_that_look_alike_pass(seeded, pgtenancy_engine
         await conn.execute(text("ROLLBACK TO SAVEPOINT s1"))
         await conn.execute(text("SET LOCAL lock_timeout = '3s'"))
         await conn.execute(text("INSERT INTO notes (body) VALUES ('x') ON CONFLICT DO NOTHING"))
+        await conn.execute(text("DO $$ BEGIN PERFORM 1; END $$"))  # the END of a dollar-quoted body
         with pytest.raises(DBAPIError):  # reaches the server, which says the setting has no such value
             await conn.execute(text("SELECT current_setting('app.no_such_setting')"))
     await engine.dispose()

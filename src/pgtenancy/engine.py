@@ -407,6 +407,8 @@ class _DriverLevel(_Listeners):
                 if verdict is not CLEAN:
                     verdict = verdict_of(statement, args)
                 value = resolve(current_binding())[0]  # NoTenantError, InvalidTenantError: nothing is sent
+                if state.signer is not None and value:
+                    state.signer(value)  # a key that cannot be read: nothing is sent (BEGIN reuses the seal)
                 if verdict is not CLEAN and verdict.session_state:
                     state.mark_dirty(value)
                 if isolation(cursor) == autocommit:

@@ -37,7 +37,7 @@ CLEAN: Final = Verdict(None, False, False)
 _BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.S)
 _LINE_COMMENT = re.compile(r"--[^\n]*")
 _SPACE_AND_QUOTES = re.compile(r'[\s"]+')
-_LITERALS = re.compile(r"\$([a-z_][a-z0-9_]*)?\$.*?\$\1\$|'(?:[^']|'')*'", re.S)
+_LITERALS = re.compile(r"\$([a-z_][a-z0-9_]*|)\$.*?\$\1\$|'(?:[^']|'')*'", re.S)  # `$$` too: group 1 empty
 _READ: Final = ("current_setting('", "current_setting(e'")
 _TRANSACTION_CONTROL = re.compile(
     r"(?:^|;)\s*(begin|start\s+transaction|commit|end|abort|rollback(?!\s+(?:work\s+|transaction\s+)?to\b)"
