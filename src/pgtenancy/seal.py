@@ -29,6 +29,7 @@ __all__ = [
     "Signer",
     "decode_key",
     "seal_value",
+    "seal_value_from_pads",
     "validate_key_id",
 ]
 
@@ -62,8 +63,20 @@ def decode_key(text: str, source: str) -> bytes:
 
 def seal_value(key: bytes, key_id: str, tenant: str, backend_pid: int, expires: int) -> str:
     """``key_id:expires:hex(HMAC-SHA256(key, "tenant:backend_pid:expires"))``: what the verifier checks."""
-    message = f"{tenant}:{backend_pid}:{expires}".encode()
-    return f"{key_id}:{expires}:{hmac.new(key, message, hashlib.sha256).hexdigest()}"
+    digest = hmac.new(key, _message(tenant, backend_pid, expires), hashlib.sha256).hexdigest()
+    return f"{key_id}:{expires}:{digest}"
+
+
+def seal_value_from_pads(
+    inner_pad: bytes, outer_pad: bytes, key_id: str, tenant: str, backend_pid: int, expires: int
+) -> str:
+    """``seal_value`` from the HMAC pads the database stores for a key (what a role reading them can sign)."""
+    inner = hashlib.sha256(inner_pad + _message(tenant, backend_pid, expires)).digest()
+    return f"{key_id}:{expires}:{hashlib.sha256(outer_pad + inner).hexdigest()}"
+
+
+def _message(tenant: str, backend_pid: int, expires: int) -> bytes:
+    return f"{tenant}:{backend_pid}:{expires}".encode()
 
 
 @dataclass(frozen=True)
