@@ -20,11 +20,11 @@ def fail_next_apply_after_begin(monkeypatch):
     begin, failures = ConnectionState.begin, [1]
 
     def failing(self):
-        reset, apply = begin(self)
+        reset, apply, seal = begin(self)
         if apply is not None and failures:
             failures.pop()
-            return reset, "SELECT 1/0"
-        return reset, apply
+            return reset, "SELECT 1/0", seal
+        return reset, apply, seal
 
     monkeypatch.setattr(ConnectionState, "begin", failing)
 
