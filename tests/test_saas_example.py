@@ -7,6 +7,7 @@ and the migrated database passing ``pgtenancy check`` with the admin role declar
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import sys
 import time
@@ -227,6 +228,22 @@ async def test_a_job_runs_as_the_requesting_tenant_only(client: httpx.AsyncClien
     job.headers[BINDING] = "tenant:" + org_b  # re-pointed on the broker: the signature no longer fits
     outcome = await worker.process(job)
     assert outcome.refused and outcome.result is None
+
+
+async def test_the_worker_runs_jobs_while_the_app_runs(client: httpx.AsyncClient, app: FastAPI) -> None:
+    worker: Worker = app.state.worker
+    alice = uuid.uuid4()
+    org = await sign_up(client, alice, "A")
+    project = (await post(client, alice, f"/orgs/{org}/projects", {"name": "p"}))["id"]
+    await post(client, alice, f"/orgs/{org}/projects/{project}/tasks", {"title": "one"})
+    async with app.router.lifespan_context(app):  # starts the worker's loop, with no tenant bound
+        queued = await post(client, alice, f"/orgs/{org}/projects/{project}/complete", {})
+        for _ in range(200):
+            if worker.outcomes:
+                break
+            await asyncio.sleep(0.01)
+    (outcome,) = worker.outcomes
+    assert (outcome.job.id, str(outcome.tenant), outcome.result) == (queued["job_id"], org, 1)
 
 
 async def test_staff_read_every_organization_on_the_admin_engine(client: httpx.AsyncClient) -> None:
