@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,7 @@ import pgtenancy.alembic  # noqa: F401 (registers the operations)
 from pgtenancy import ConfigurationError, instrument, tenant_context, without_tenant
 from pgtenancy.seal import Seal, seal_value
 from pgtenancy.testing import TestDatabase
+from tests.bouncer import driver_options, start_bouncer
 
 A, B = uuid.UUID(int=0x5EA1A), uuid.UUID(int=0x5EA1B)
 ROWS = {A: 3, B: 4}
@@ -271,3 +273,21 @@ def test_sealing_refuses_what_it_cannot_protect(sealed: TestDatabase):
         Seal(KEY, key_id="has:colon")
     with pytest.raises(ConfigurationError, match="setting of its own"):
         instrument(create_engine(sealed.url("app")), seal=Seal(KEY, setting="app.current_tenant_id"))
+
+
+@pytest.mark.parametrize("drivername", ["postgresql+psycopg", "postgresql+asyncpg"])
+async def test_sealing_refuses_connections_through_pgbouncer(sealed: TestDatabase, drivername: str):
+    """PgBouncer hands the driver a backend pid of its own: the backend a seal names is unknown."""
+    if shutil.which("pgbouncer") is None:
+        pytest.skip("the pgbouncer binary is not installed (apt-get install -y pgbouncer; CI installs it)")
+    query, connect_args = driver_options(drivername)
+    with start_bouncer(sealed) as process:
+        url = process.bouncer.url(drivername=drivername, **query)
+        engine = create_async_engine(url, connect_args=connect_args, poolclass=NullPool)
+        instrument(engine, seal=Seal(KEY, key_id="k1"))
+        try:
+            with pytest.raises(ConfigurationError, match="PgBouncer"):
+                async with tenant_context(A), engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+        finally:
+            await engine.dispose()

@@ -28,7 +28,7 @@ __all__ = [
     "DEFAULT_SEAL_SCHEMA",
     "VERIFIER",
     "SealStatement",
-    "activity_statement",
+    "activity_statements",
     "add_key_sql",
     "create_seal_statements",
     "drop_seal_statements",
@@ -42,6 +42,7 @@ __all__ = [
 DEFAULT_SEAL_SCHEMA: Final = "pgtenancy_seal"
 VERIFIER: Final = "current_tenant"  # the verifier function's name in the seal schema
 _TAG: Final = "$pgtenancy$"
+_ACTIVITY_SETTINGS: Final = ("track_activities", "pg_stat_statements.track_utility")
 _quote = postgresql.dialect().identifier_preparer.quote  # type: ignore[no-untyped-call]
 
 
@@ -69,10 +70,14 @@ def verifier_name(schema: str = DEFAULT_SEAL_SCHEMA) -> str:
     return _schema(schema) + "." + VERIFIER
 
 
-def activity_statement(role: str, *, hidden: bool) -> SealStatement:
-    """``ALTER ROLE role SET track_activities = off`` (``hidden``), or ``RESET track_activities``."""
-    change = "SET track_activities = off" if hidden else "RESET track_activities"
-    return SealStatement("ALTER ROLE " + _quote(role) + " " + change)
+def activity_statements(role: str, *, hidden: bool) -> list[SealStatement]:
+    """Keep ``role``'s statements out of ``pg_stat_activity`` and ``pg_stat_statements`` (``hidden``), or
+    reset both settings: seals travel in ``SET`` statements whose text both would show to the role."""
+    quoted = _quote(role)
+    return [
+        SealStatement(f"ALTER ROLE {quoted} " + (f"SET {name} = off" if hidden else f"RESET {name}"))
+        for name in _ACTIVITY_SETTINGS
+    ]
 
 
 def _schema(schema: str) -> str:

@@ -12,6 +12,8 @@ among them), so a new tenant table does not fail closed with "permission denied"
 
 In a database with the Citus extension the expected policy is the unwrapped form Citus accepts, and a
 marked table that is still a plain table also gets ``distribute_tenant_table`` by its tenant column.
+A policy sealed by ``seal_tenant_isolation`` counts as declared (the seal schema is
+``context.configure(pgtenancy_seal_schema=...)``, ``pgtenancy_seal`` by default).
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.autogenerate.compare import comparators
 from alembic.operations.ops import UpgradeOps
 from alembic.util import DispatchPriority, PriorityDispatchResult
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Table, text
 from sqlalchemy.exc import DBAPIError
 
-from pgtenancy import citus
+from pgtenancy import citus, seal_sql
 from pgtenancy.alembic.ops import (
     DistributeTenantTableOp,
     EnableTenantIsolationOp,
@@ -49,6 +51,7 @@ from pgtenancy.orm import TENANT_INFO_KEY
 
 __all__ = [
     "APP_ROLES_OPTION",
+    "SEAL_SCHEMA_OPTION",
     "app_roles",
     "compare_tenant_isolation",
     "distribution_op",
@@ -62,6 +65,7 @@ log = logging.getLogger(__name__)
 _PROBE_POLICY = MANAGED_PREFIX + "expected_policy_probe"
 
 APP_ROLES_OPTION: Final = "pgtenancy_app_roles"  # the context.configure() keyword naming the app roles
+SEAL_SCHEMA_OPTION: Final = "pgtenancy_seal_schema"  # the keyword naming the seal schema, if not the default
 _GRANTED: Final = tuple(DML_PRIVILEGES.split(", "))  # the table privileges grant_tenant_access gives
 
 
@@ -107,8 +111,41 @@ def _expected_policy(conn: Connection, spec: IsolationSpec) -> PolicyInfo | None
     return probe
 
 
-def isolation_problems(conn: Connection, spec: IsolationSpec) -> list[str]:
-    """Every way the live table falls short of ``spec`` (empty when it is isolated as declared)."""
+def _sealed_policy(conn: Connection, spec: IsolationSpec, seal_schema: str) -> PolicyInfo | None:
+    """pgtenancy's policy as ``seal_tenant_isolation`` leaves it, as the catalog prints it; ``None`` when
+    the verifier of ``seal_schema`` does not exist (the policy is altered in a SAVEPOINT, rolled back)."""
+    verifier = seal_sql.verifier_name(seal_schema) + "()"
+    if conn.execute(text("SELECT pg_catalog.to_regprocedure(:name)"), {"name": verifier}).scalar() is None:
+        return None
+    statements = seal_sql.policy_statements(
+        spec.table, spec.column, spec.schema, key_type=spec.key_type, sealed=True, seal_schema=seal_schema
+    )
+    with conn.begin_nested() as savepoint:
+        for statement in statements:
+            conn.execute(statement)
+        sealed = next(p for p in table_policies(conn, spec.table, spec.schema) if p.name == POLICY_NAME)
+        savepoint.rollback()
+    return sealed
+
+
+def _same(actual: PolicyInfo, expected: PolicyInfo | None) -> bool:
+    return expected is not None and (
+        actual.permissive,
+        actual.command,
+        actual.roles,
+        actual.using,
+        actual.with_check,
+    ) == (expected.permissive, expected.command, expected.roles, expected.using, expected.with_check)
+
+
+def isolation_problems(
+    conn: Connection, spec: IsolationSpec, *, seal_schema: str = seal_sql.DEFAULT_SEAL_SCHEMA
+) -> list[str]:
+    """Every way the live table falls short of ``spec`` (empty when it is isolated as declared).
+
+    A policy sealed by ``seal_tenant_isolation`` with the verifier of ``seal_schema`` is as declared too:
+    sealing only narrows it, and proposing the plain policy would silently undo the seal.
+    """
     security = table_security(conn, spec.table, spec.schema)
     if security is None:
         return ["table does not exist yet"]
@@ -124,12 +161,8 @@ def isolation_problems(conn: Connection, spec: IsolationSpec) -> list[str]:
     expected = _expected_policy(conn, spec)
     if expected is None:
         problems.append("the expected policy cannot be created on the live table")
-    elif (actual.permissive, actual.command, actual.roles, actual.using, actual.with_check) != (
-        expected.permissive,
-        expected.command,
-        expected.roles,
-        expected.using,
-        expected.with_check,
+    elif not _same(actual, expected) and (
+        spec.citus or not _same(actual, _sealed_policy(conn, spec, seal_schema))
     ):
         problems.append(f"policy {POLICY_NAME} differs: {actual.using!r} instead of {expected.using!r}")
     return problems
@@ -234,10 +267,11 @@ def compare_tenant_isolation(
         return PriorityDispatchResult.CONTINUE
     with_citus = citus.citus_version(conn) is not None
     roles = _existing_roles(conn, autogen_context.opts)
+    seal_schema = autogen_context.opts.get(SEAL_SCHEMA_OPTION, seal_sql.DEFAULT_SEAL_SCHEMA)
     for spec in specs:
         if with_citus:
             spec = replace(spec, citus=True)  # Citus refuses the (SELECT ...) policy on its tables
-        problems = isolation_problems(conn, spec)
+        problems = isolation_problems(conn, spec, seal_schema=seal_schema)
         if problems:
             log.info(
                 "Detected tenant isolation to enable on %r: %s", spec.qualified_name, "; ".join(problems)

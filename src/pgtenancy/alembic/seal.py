@@ -201,9 +201,9 @@ class UnsealTenantIsolationOp(SealTenantIsolationOp):
 
 @Operations.register_operation("hide_tenant_activity")
 class HideTenantActivityOp(MigrateOperation):
-    """``ALTER ROLE role SET track_activities = off``: its sessions' SQL (and seals) leave no trace in
-    ``pg_stat_activity`` for other sessions to read. Needs a superuser (or, from PostgreSQL 15, the SET
-    privilege on ``track_activities``)."""
+    """``ALTER ROLE role SET track_activities = off`` and ``pg_stat_statements.track_utility = off``: its
+    sessions' SQL (and seals) leave no text in ``pg_stat_activity`` or ``pg_stat_statements`` for other
+    sessions to read. Needs a superuser (or, from PostgreSQL 15, the SET privilege on both)."""
 
     def __init__(self, role: str) -> None:
         self.role = ddl.validate_role_name(role)
@@ -219,7 +219,7 @@ class HideTenantActivityOp(MigrateOperation):
 
 @Operations.register_operation("show_tenant_activity")
 class ShowTenantActivityOp(HideTenantActivityOp):
-    """``ALTER ROLE role RESET track_activities``: the reverse of ``hide_tenant_activity``."""
+    """``ALTER ROLE role RESET`` both settings: the reverse of ``hide_tenant_activity``."""
 
     @classmethod
     def show_tenant_activity(cls, operations: Operations, role: str) -> None:
@@ -320,9 +320,9 @@ def _unseal(operations: Operations, operation: UnsealTenantIsolationOp) -> None:
 
 @Operations.implementation_for(HideTenantActivityOp)
 def _hide(operations: Operations, operation: HideTenantActivityOp) -> None:
-    _run(operations, [seal_sql.activity_statement(operation.role, hidden=True)])
+    _run(operations, seal_sql.activity_statements(operation.role, hidden=True))
 
 
 @Operations.implementation_for(ShowTenantActivityOp)
 def _show(operations: Operations, operation: ShowTenantActivityOp) -> None:
-    _run(operations, [seal_sql.activity_statement(operation.role, hidden=False)])
+    _run(operations, seal_sql.activity_statements(operation.role, hidden=False))

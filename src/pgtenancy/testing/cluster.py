@@ -30,9 +30,11 @@ __all__ = [
     "PgBinaries",
     "PgNode",
     "ReplicaPair",
+    "StandaloneServer",
     "find_binaries",
     "start_citus_cluster",
     "start_replica_pair",
+    "start_standalone",
 ]
 
 PG_CONFIG_ENV = "PGTENANCY_PG_CONFIG"  # path of the pg_config whose server binaries the clusters use
@@ -403,3 +405,32 @@ def start_replica_pair() -> ReplicaPair:
         launcher.stop_all()
         raise
     return ReplicaPair(primary, standby, _stop=launcher.stop_all)
+
+
+@dataclass
+class StandaloneServer:
+    """One server on loopback with settings of its own (e.g. ``shared_preload_libraries``)."""
+
+    node: PgNode
+    _stop: Callable[[], None] | None = field(default=None, repr=False)
+
+    def stop(self) -> None:
+        """Stop the server and remove its data directory."""
+        if self._stop is not None:
+            stop, self._stop = self._stop, None
+            stop()
+
+
+def start_standalone(settings: dict[str, str] | None = None) -> StandaloneServer:
+    """Start one server with ``settings`` added to the fast test settings (trusted constants).
+
+    :raises ClusterUnavailableError: when the server binaries are missing.
+    :raises ClusterStartError: when the server does not start (nothing is left running).
+    """
+    launcher = _Launcher(find_binaries())
+    try:
+        node = launcher.start("standalone", launcher.initdb("standalone"), settings)
+    except BaseException:
+        launcher.stop_all()
+        raise
+    return StandaloneServer(node, _stop=launcher.stop_all)
