@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from saas.auth import Claims, subject
 from saas.database import Database
@@ -123,7 +124,8 @@ async def complete_project(project_id: int, request: Request) -> dict[str, str]:
 
 @router.get("/tasks/{task_id}/comments")
 async def list_comments(task_id: int, session: Session) -> list[Comment]:
-    comments = await session.scalars(select(Comment).where(Comment.task_id == task_id).order_by(Comment.id))
+    found = select(Comment).where(col(Comment.task_id) == task_id).order_by(col(Comment.id))
+    comments = await session.scalars(found)
     return list(comments)
 
 

@@ -23,7 +23,12 @@ import sqlalchemy as sa
 from alembic import op
 from saas.migration_roles import admin_role, app_role
 
-import pgtenancy.alembic  # noqa: F401 - registers op.create_tenant_role and friends
+from pgtenancy.alembic import (
+    create_tenant_role,
+    drop_tenant_role,
+    grant_temporary_tables,
+    revoke_temporary_tables,
+)
 from pgtenancy.ddl import GrantSchemaUsage, RevokeSchemaUsage
 
 revision: str = "0001"
@@ -56,15 +61,15 @@ def _check_roles() -> None:
 def upgrade() -> None:
     """Check the owner and the admin role, create the app role, give both the schema, no TEMPORARY."""
     _check_roles()
-    op.create_tenant_role(app_role(), password_env=PASSWORD_VARIABLE)
+    create_tenant_role(app_role(), password_env=PASSWORD_VARIABLE)
     op.execute(GrantSchemaUsage(app_role(), "public"))
     op.execute(GrantSchemaUsage(admin_role(), "public"))
-    op.revoke_temporary_tables(app_role())  # temporary tables have no row-level security
+    revoke_temporary_tables(app_role())  # temporary tables have no row-level security
 
 
 def downgrade() -> None:
     """Give TEMPORARY back, take the schema from both roles, drop the app role."""
-    op.grant_temporary_tables(app_role())
+    grant_temporary_tables(app_role())
     op.execute(RevokeSchemaUsage(admin_role(), "public"))
     op.execute(RevokeSchemaUsage(app_role(), "public"))
-    op.drop_tenant_role(app_role(), password_env=PASSWORD_VARIABLE)
+    drop_tenant_role(app_role(), password_env=PASSWORD_VARIABLE)

@@ -24,7 +24,12 @@ import sqlalchemy as sa
 from alembic import op
 from saas.migration_roles import admin_role, app_role
 
-import pgtenancy.alembic  # noqa: F401 - registers op.enable_tenant_isolation and friends
+from pgtenancy.alembic import (
+    disable_tenant_isolation,
+    enable_tenant_isolation,
+    grant_tenant_access,
+    revoke_tenant_access,
+)
 from pgtenancy.ddl import GrantReadAccess, RevokeReadAccess
 from pgtenancy.orm import tenant_default_sql
 
@@ -159,8 +164,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("tenant_id", "id", name=op.f("pk_comments")),
     )
     for table in TENANT_TABLES:
-        op.enable_tenant_isolation(table)  # ENABLE + FORCE RLS, the tenant policy
-        op.grant_tenant_access(app_role(), table)  # DML; TRUNCATE, REFERENCES, TRIGGER revoked
+        enable_tenant_isolation(table)  # ENABLE + FORCE RLS, the tenant policy
+        grant_tenant_access(app_role(), table)  # DML; TRUNCATE, REFERENCES, TRIGGER revoked
     for table in SHARED_TABLES + TENANT_TABLES:
         op.execute(GrantReadAccess(admin_role(), table))
     op.execute(SIGN_UP)
@@ -175,7 +180,7 @@ def downgrade() -> None:
     for table in reversed(SHARED_TABLES + TENANT_TABLES):
         op.execute(RevokeReadAccess(admin_role(), table))
     for table in reversed(TENANT_TABLES):
-        op.revoke_tenant_access(app_role(), table)
-        op.disable_tenant_isolation(table)
+        revoke_tenant_access(app_role(), table)
+        disable_tenant_isolation(table)
     for table in ("comments", "tasks", "projects", "memberships", "users", "tenants"):
         op.drop_table(table)
