@@ -112,3 +112,21 @@ def test_usage_and_connection_errors_exit_two(check: typer.Typer, sandbox: Sandb
 
 def test_missing_dsn_is_a_usage_error(check: typer.Typer) -> None:
     assert run(check).exit_code == 2
+
+
+def test_sealed_declares_that_every_tenant_table_must_be_sealed(
+    check: typer.Typer, sandbox: Sandbox, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox.table()  # isolated by the plain setting, clean unless sealing is declared
+    assert run(check, *admin_args(sandbox, "--no-dynamic")).exit_code == 0
+    result = run(check, *admin_args(sandbox, "--sealed", "--format", "json"))
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    failing = {(f["rule"], f["object"]) for f in report["findings"] if f["severity"] != "info"}
+    assert ("PGT052", "table " + sandbox.schema + ".t") in failing
+    assert ("PGT108", "table " + sandbox.schema + ".t") in failing  # confirmed: the setting alone opens it
+    assert "PGT053" in {rule for rule, _ in failing} and report["summary"]["sealed"] is True
+    (tmp_path / "pyproject.toml").write_text("[tool.pgtenancy.check]\nsealed = true\n")
+    monkeypatch.chdir(tmp_path)
+    from_config = run(check, *admin_args(sandbox, "--no-dynamic", "--format", "json"))
+    assert from_config.exit_code == 1 and json.loads(from_config.stdout)["summary"]["sealed"] is True

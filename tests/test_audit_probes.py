@@ -68,6 +68,11 @@ def populated_materialized_view(box: Sandbox) -> dict:
     return {}
 
 
+def unsealed_while_sealing_is_declared(box: Sandbox) -> dict:
+    box.table()
+    return {"sealed": True}
+
+
 LEAKS: list[tuple[Callable[[Sandbox], dict], set[str]]] = [
     (rls_off, {"PGT101", "PGT102", "PGT103", "PGT104", "PGT106"}),
     (empty_table_without_rls, {"PGT101", "PGT102", "PGT103", "PGT104"}),
@@ -83,6 +88,7 @@ LEAKS: list[tuple[Callable[[Sandbox], dict], set[str]]] = [
     (definer_view, {"PGT107"}),
     (populated_materialized_view, {"PGT107"}),
     (security_definer_function, {"PGT107"}),
+    (unsealed_while_sealing_is_declared, {"PGT108"}),
 ]
 
 

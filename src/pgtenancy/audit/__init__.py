@@ -16,7 +16,7 @@ from sqlalchemy import URL, Engine, create_engine, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
-from pgtenancy.audit import exposure  # noqa: F401 - registers its rules into RULES
+from pgtenancy.audit import exposure, seal_rules  # noqa: F401 - register their rules into RULES
 from pgtenancy.audit.findings import Finding, Report, Rule
 from pgtenancy.audit.probes import PROBE_RULES, run_probes
 from pgtenancy.audit.rules import RULES, run_rules
@@ -36,6 +36,7 @@ def audit(
     dynamic: bool = True,
     column: str = "tenant_id",
     admin_roles: Sequence[str] = (),
+    sealed: bool = False,
 ) -> Report:
     """Audit the database at ``url_or_engine`` for the application role ``role``.
 
@@ -45,6 +46,7 @@ def audit(
     :param dynamic: also run the probes (as ``role``, in transactions that are rolled back).
     :param column: the tenant column's name; tables that have it are tenant tables.
     :param admin_roles: roles of admin tools that bypass row-level security by design; each must exist.
+    :param sealed: sealing is declared: every tenant table the app role reaches must be sealed.
     """
     validate_setting_name(setting)
     engine = audit_engine(url_or_engine)
@@ -56,7 +58,7 @@ def audit(
             )
             transaction.rollback()
         _check_roles_exist(snapshot, admin_roles)
-        snapshot = replace(snapshot, admin_roles=frozenset(admin_roles))
+        snapshot = replace(snapshot, admin_roles=frozenset(admin_roles), sealing_declared=sealed)
         findings = run_rules(snapshot)
         if dynamic:
             findings += run_probes(engine, snapshot, auditor=auditor)
@@ -71,6 +73,7 @@ def audit(
         dynamic=dynamic,
         citus=snapshot.citus_tables is not None,
         admin_roles=list(admin_roles),
+        sealed=sealed,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias
 
@@ -154,6 +154,7 @@ class Analysis:
     unanalysable: str | None = None  # why an opening can be neither proven nor ruled out
     always_true: bool = False  # true for every row of every tenant in every scenario
     reads_setting: bool = False  # reads the tenant setting, itself or through a function
+    sealed: bool = False  # reads the tenant only through a trusted seal verifier, never the setting itself
     per_row: bool = False  # reads the tenant setting outside a (SELECT ...): once per row
     empty_setting_fails: bool = False  # with the setting reset to '' a cast raises an error
     empty_tenant_rows: bool = False  # a text tenant column: rows whose tenant is '' are admitted
@@ -197,6 +198,7 @@ def analyse(
     column_type: str = "uuid",
     role: str | None = None,
     resolve: Resolver | None = None,
+    sealed: Collection[str] = (),
 ) -> Analysis:
     """Analyse one policy expression as ``pg_get_expr`` prints it.
 
@@ -205,13 +207,15 @@ def analyse(
     :param column_type: its SQL type; a text column can hold ``''``, which a reset setting equals.
     :param role: the app role, the value of ``current_user`` while the policy runs.
     :param resolve: a function's definition by name, to follow the functions the expression calls.
+    :param sealed: names of pgtenancy's seal verifiers (``schema.current_tenant``, lower case): a call of
+        one is the tenant setting's value when the session's seal verifies, else NULL.
     """
     _require_pglast()
     try:
         tree = _parse_expression(expression)
     except _Unparsable as error:
         return Analysis(unanalysable="PostgreSQL's parser rejects it: " + str(error))
-    context = _Context(setting.lower(), column, role, resolve or _no_functions)
+    context = _Context(setting.lower(), column, role, resolve or _no_functions, frozenset(sealed))
     walk = _Walk()
     walk.visit(tree, context, inside_subquery=False, depth=0)
     outcomes = {s: _truth(_Evaluator(context, s, _OTHER).value(tree, _Frame())) for s in SCENARIOS}
@@ -241,6 +245,7 @@ def analyse(
         or None,
         always_true=all(set(outcome) == {True} for outcome in outcomes.values()),
         reads_setting=walk.reads_setting,
+        sealed=walk.sealed and not walk.reads_raw_setting,
         per_row=walk.per_row,
         empty_setting_fails=_ERROR in outcomes["empty"] and _ERROR not in outcomes["bound"],
         empty_tenant_rows=empty_tenant_rows,
@@ -408,6 +413,7 @@ class _Context:
     column: str
     role: str | None
     resolve: Resolver
+    sealed: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -415,6 +421,8 @@ class _Walk:
     """What an expression and the functions it calls read, whether evaluated or not."""
 
     reads_setting: bool = False
+    reads_raw_setting: bool = False  # current_setting(<tenant setting>) itself, not through a verifier
+    sealed: bool = False  # calls a seal verifier
     per_row: bool = False
     inputs: list[str] = field(default_factory=list)
     seen_functions: set[str] = field(default_factory=set)
@@ -435,9 +443,13 @@ class _Walk:
             if input_name is not None:
                 self.inputs.append(input_name)
             elif name[-1] == "current_setting" and _setting_name(node) == context.setting:
-                self.reads_setting = True
+                self.reads_setting = self.reads_raw_setting = True
                 self.per_row = self.per_row or (depth == 0 and not inside_subquery)
             qualified = ".".join(name)
+            if qualified in context.sealed and not node.args:
+                self.reads_setting = self.sealed = True
+                self.per_row = self.per_row or (depth == 0 and not inside_subquery)
+                return
             definition = context.resolve(qualified)
             if definition is not None and qualified not in self.seen_functions and depth < _MAX_DEPTH:
                 self.seen_functions.add(qualified)
@@ -945,6 +957,8 @@ class _Evaluator:
         if builtin and name[-1] in CLIENT_FUNCTIONS:
             return _const(_ANY, frozenset({_Note("input", name[-1] + "()")}))
         qualified = ".".join(name)
+        if qualified in self.context.sealed and not arguments:
+            return self.sealed_tenant()
         definition = self.context.resolve(qualified)
         if definition is not None:
             return self.follow(_parse_function(qualified, definition), arguments, frame)
@@ -970,6 +984,13 @@ class _Evaluator:
             return _const(_BOUND, note)
         missing_ok = _truth(arguments[1]) if len(arguments) > 1 else {False: _NONE}
         return _value(((None if atom is True else _ERROR), note) for atom in missing_ok)
+
+    def sealed_tenant(self) -> dict[_Atom, _Notes]:
+        """A seal verifier: NULL with no tenant or '' (and without a valid seal), else the bound tenant."""
+        note = frozenset({_Note("setting", self.context.setting)})
+        if self.scenario == "bound":
+            return _value(((_BOUND, note), (None, note)))
+        return _const(None, note)
 
     def follow(
         self, function: _Function, arguments: list[dict[_Atom, _Notes]], frame: _Frame

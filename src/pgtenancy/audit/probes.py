@@ -25,6 +25,7 @@ from pgtenancy.audit.attempts import DIALECT, Attempts, literal, qualified, quot
 from pgtenancy.audit.attempts import insert as insert_sql  # Target.insert is the probes' own
 from pgtenancy.audit.findings import Finding, Rule
 from pgtenancy.audit.rows import Blueprints, Plan, RowBuilder, Unbuildable
+from pgtenancy.audit.sealing import SealKey, read_key, table_verifiers
 from pgtenancy.catalog.snapshot import Column, Relation, Snapshot
 from pgtenancy.drivers import set_local_renderer
 
@@ -95,8 +96,18 @@ PROBE_RULES: dict[str, Rule] = {
             "With a tenant bound that owns no rows, a view or function still returned rows.",
             "ALTER VIEW v SET (security_invoker = true); or make the function SECURITY INVOKER.",
         ),
+        Rule(
+            "PGT108",
+            "error",
+            "Table readable without a valid seal",
+            "With one tenant's seal in place and the tenant setting re-pointed to another tenant (what "
+            "injected SQL can do), the app role read the other tenant's rows: the table is not sealed.",
+            "op.seal_tenant_isolation('t') in a migration: the policy compares the tenant column with the "
+            "verifier's answer, never with the setting itself.",
+        ),
     )
 }
+_SEAL_LIFETIME = 600  # seconds a probe's seal stays valid, from the start of its transaction
 
 
 _REFUSED = "42501"  # insufficient_privilege: no privilege, or a row-level security policy said no
@@ -138,6 +149,9 @@ class Target:
 
     def select_all(self) -> str:
         return _sql("SELECT * FROM", self.name, "LIMIT 5")
+
+    def select_of(self, tenant: str) -> str:
+        return _sql("SELECT * FROM", self.name, "WHERE", self.of_tenant(tenant), "LIMIT 1")
 
     def select_other_than(self, tenant: str) -> str:
         return _sql(
@@ -224,8 +238,12 @@ class _Session:
     set_local: bool = (
         False  # bind with SET LOCAL, which Citus forwards to its workers (set_config it does not)
     )
+    seals: tuple[SealKey, ...] = ()  # keys to seal each bound tenant with (sealed tables)
+    backend_pid: int = 0  # what a seal is bound to, read when the transaction starts
+    expires: int = 0
     builder: RowBuilder | None = None
     bound: str | None = None
+    repointed: str | None = None  # the tenant setting moved to after binding, without a seal of its own
     as_app_now: bool = False
     leaks: list[Leak] = field(default_factory=list)
     undecided: list[str] = field(default_factory=list)  # probes that could not run, with the reason
@@ -245,13 +263,26 @@ class _Session:
 
     def bind(self, tenant: str) -> None:
         self.attempts.run(self.binding(tenant))
-        self.bound = tenant
+        self.bound, self.repointed = tenant, None
 
-    def binding(self, tenant: str) -> str:
-        """The statement binding ``tenant`` for the rest of the transaction."""
+    def repoint(self, tenant: str) -> None:
+        """Set the tenant setting alone, as injected SQL could: the seal stays the bound tenant's."""
+        self.attempts.run(_set_config(self.setting, tenant))
+        self.repointed = tenant
+
+    def binding(self, tenant: str, *, shown: bool = False) -> str:
+        """The statement binding ``tenant`` (sealed for this backend when the table is sealed) for the rest
+        of the transaction; ``shown``: with a placeholder instead of each seal, for a reproduction."""
         if self.set_local:
             return str(set_local_renderer(DIALECT, self.setting)(tenant))
-        return "SELECT set_config(" + literal(self.setting) + ", " + literal(tenant) + ", true)"
+        calls = [_set_config(self.setting, tenant).removeprefix("SELECT ")]
+        for key in self.seals if tenant else ():
+            seal = f"<a seal of {tenant} signed with key {key.key_id}>" if shown else self.sign(key, tenant)
+            calls.append(_set_config(key.setting, seal).removeprefix("SELECT "))
+        return "SELECT " + ", ".join(calls)
+
+    def sign(self, key: SealKey, tenant: str) -> str:
+        return key.sign(tenant, self.backend_pid, self.expires)
 
     def first(self, statement: Executable | str) -> tuple[Any, ...] | None:
         """The first row ``statement`` returns (None when none, or when it fails)."""
@@ -337,9 +368,15 @@ class _Session:
         if self.app_role is not None:
             lines.append("SET LOCAL ROLE " + quote(self.app_role) + ";")
         if self.bound is not None:
-            lines.append(self.binding(self.bound) + ";")
+            lines.append(self.binding(self.bound, shown=True) + ";")
+        if self.repointed is not None:
+            lines.append(_set_config(self.setting, self.repointed) + ";")
         lines += [_render(statement) + ";", "ROLLBACK;"]
         return "\n".join(lines)
+
+
+def _set_config(setting: str, value: str) -> str:
+    return "SELECT set_config(" + literal(setting) + ", " + literal(value) + ", true)"
 
 
 def _reads(statement: Executable | str) -> bool:
@@ -374,6 +411,8 @@ def probe_table(
     set_local: bool = False,
     blueprints: Blueprints | None = None,
     tenant_column: Callable[[int], str | None] | None = None,
+    seals: Sequence[SealKey] = (),
+    check_seal: bool = False,
 ) -> Outcome:
     """Try to cross tenants on ``target`` in one transaction that is rolled back; return what crossed.
 
@@ -385,11 +424,13 @@ def probe_table(
     :param blueprints: the catalog's insert requirements (read here when not given).
     :param tenant_column: a table oid's tenant column, to pass tenants to parent rows (default: the
         target's tenant column name, where a table has it).
+    :param seals: keys of the verifiers the table's policies call: each bound tenant is sealed with them.
+    :param check_seal: also prove that re-pointing the tenant setting, without a seal, shows no rows.
     """
     with conn.begin() as transaction:
         try:
             catalog = blueprints if blueprints is not None else Blueprints(conn)
-            session = _Session(Attempts(conn, citus=set_local), setting, app_role, set_local)
+            session = _Session(Attempts(conn, citus=set_local), setting, app_role, set_local, tuple(seals))
             found = _start(session)
             session.builder = RowBuilder(
                 session.attempts, catalog, tenant_column or _by_name(catalog, target)
@@ -411,6 +452,8 @@ def probe_table(
             _probe_unbound(session, target, chosen[0], "the setting reset to ''")
             for n, tenant in enumerate(chosen):
                 _probe_bound(session, target, tenant, chosen[(n + 1) % len(chosen)])
+            if check_seal:
+                _probe_seal(session, target, chosen[0], chosen[1])
             if truncate:
                 session.crossed(
                     "PGT105", f"TRUNCATE {target.display} succeeded as the app role", target.truncate()
@@ -444,6 +487,11 @@ def _start(session: _Session) -> str | None:
     found: str | None = session.attempts.run(
         "SELECT current_setting(" + literal(session.setting) + ", true)"
     )[0][0]
+    if session.seals:
+        session.backend_pid, now = session.attempts.run(
+            "SELECT pg_backend_pid(), CAST(extract(epoch FROM now()) AS bigint)"
+        )[0]
+        session.expires = now + _SEAL_LIFETIME
     return found
 
 
@@ -508,6 +556,35 @@ def _probe_bound(session: _Session, target: Target, tenant: str, other: str) -> 
         f"{state} deletes a row of tenant {other} from {target.display}",
         target.delete(target.row(*theirs, other)),
         target.delete(target.of_tenant(other)),
+    )
+
+
+def _probe_seal(session: _Session, target: Target, tenant: str, other: str) -> None:
+    """With ``tenant``'s seal in place and the tenant setting re-pointed to ``other``, nothing may be read.
+
+    First the control: bound (and sealed) as ``other``, the app role must see its row; otherwise the
+    probes cannot tell a sealed table from one closed to everybody, and say so.
+    """
+    if other not in session.rows:
+        reason = session.unbuildable.get(other, "the row could not be inserted")
+        session.undecided.append(f"PGT108: tenant {other} has no row to aim at ({reason})")
+        return
+    session.bind(other)
+    seen = session.attempt(target.select_of(other))
+    if isinstance(seen, str) or seen == 0:
+        sealed = " and sealed with a key of the key table" if session.seals else ""
+        session.undecided.append(
+            f"PGT108: bound to tenant {other}{sealed}, the app role sees none of its rows of "
+            f"{target.display} ({seen or 'no row'}): the probes cannot tell a sealed table from a closed one"
+        )
+        return
+    session.bind(tenant)
+    session.repoint(other)
+    session.crossed(
+        "PGT108",
+        f"with tenant {tenant} bound{' and sealed' if session.seals else ''} and the tenant setting "
+        f"re-pointed to {other} (no seal of its own), the app role reads rows of {target.display}",
+        target.select_all(),
     )
 
 
@@ -594,7 +671,8 @@ def _table_findings(
     with engine.connect() as conn:
         blueprints = Blueprints(conn)
         conn.rollback()
-    targets: list[tuple[Relation, Target]] = []
+    targets: list[tuple[Relation, Target, tuple[SealKey, ...]]] = []
+    keys: dict[str, SealKey | str] = {}
     for relation in snapshot.isolated_tables():
         if not relation.app_privileges & _PRIVILEGES:
             continue
@@ -605,10 +683,22 @@ def _table_findings(
                 f"not probed: pgtenancy cannot make up a tenant id for column {relation.tenant_column}",
             )
             continue
-        targets.append((relation, target))
+        for verifier in table_verifiers(snapshot, relation):
+            if verifier.schema.name not in keys:
+                keys[verifier.schema.name] = read_key(engine, verifier)
+        found = [keys[verifier.schema.name] for verifier in table_verifiers(snapshot, relation)]
+        unsigned = [reason for reason in found if isinstance(reason, str)]
+        if unsigned:
+            yield PROBE_RULES["PGT100"].finding(
+                "table " + relation.qualified,
+                "not probed: its policies are sealed and the probes cannot sign a seal: "
+                + "; ".join(unsigned),
+            )
+            continue
+        targets.append((relation, target, tuple(key for key in found if isinstance(key, SealKey))))
 
-    def probe(job: tuple[Relation, Target]) -> Outcome:
-        relation, target = job
+    def probe(job: tuple[Relation, Target, tuple[SealKey, ...]]) -> Outcome:
+        relation, target, seals = job
         with engine.connect() as conn:
             return probe_table(
                 conn,
@@ -620,10 +710,12 @@ def _table_findings(
                 set_local=snapshot.citus_tables is not None,
                 blueprints=blueprints,
                 tenant_column=_tenant_columns(snapshot, blueprints, target),
+                seals=seals,
+                check_seal=(bool(seals) or snapshot.sealing_declared) and "SELECT" in relation.app_privileges,
             )
 
     with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-        for (relation, _), outcome in zip(targets, pool.map(probe, targets), strict=True):
+        for (relation, *_), outcome in zip(targets, pool.map(probe, targets), strict=True):
             yield from _findings("table " + relation.qualified, outcome)
 
 

@@ -12,10 +12,11 @@ from sqlalchemy.dialects import postgresql
 from pgtenancy import citus
 from pgtenancy.audit.expressions import Analysis, analyse, table_expression
 from pgtenancy.audit.findings import Finding, Rule, Severity
+from pgtenancy.audit.sealing import sealed_names, trusted_verifiers
 from pgtenancy.catalog.snapshot import ForeignKey, Function, Policy, Relation, Snapshot, call_names
 from pgtenancy.predicate import tenant_predicate_sql
 
-__all__ = ["RULES", "CatalogRule", "run_rules"]
+__all__ = ["RULES", "CatalogRule", "policy_analysis", "rule", "run_rules"]
 
 Check = Callable[[Snapshot], Iterator[Finding]]
 _dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
@@ -54,7 +55,9 @@ def run_rules(snapshot: Snapshot) -> list[Finding]:
 # ----------------------------------------------------------------------------- expression analysis
 
 
-def _analysis(snapshot: Snapshot, table: Relation, expression: str, functions: Iterable[int]) -> Analysis:
+def policy_analysis(
+    snapshot: Snapshot, table: Relation, expression: str, functions: Iterable[int]
+) -> Analysis:
     """What ``expression`` on ``table`` admits, following the policy functions ``functions`` (oids)."""
     column = table.column(table.tenant_column or "")
     return _analyse(
@@ -64,6 +67,7 @@ def _analysis(snapshot: Snapshot, table: Relation, expression: str, functions: I
         column.type if column else "uuid",
         snapshot.app.name,
         _definitions(snapshot, functions),
+        sealed_names(snapshot),
     )
 
 
@@ -75,11 +79,18 @@ def _analyse(
     column_type: str,
     role: str,
     definitions: tuple[tuple[str, str], ...],
+    sealed: tuple[str, ...],
 ) -> Analysis:
     """The analysis, once per distinct expression and table shape (tables often share one policy)."""
     found = dict(definitions)
     return analyse(
-        expression, setting=setting, column=column, column_type=column_type, role=role, resolve=found.get
+        expression,
+        setting=setting,
+        column=column,
+        column_type=column_type,
+        role=role,
+        resolve=found.get,
+        sealed=sealed,
     )
 
 
@@ -103,7 +114,7 @@ def _guarded(snapshot: Snapshot, table: Relation, policy: Policy, *, check: bool
     if not restrictive:
         return False
     functions = [oid for other in others for oid in other.functions]
-    return _analysis(snapshot, table, table_expression(["true"], restrictive), functions).bound
+    return policy_analysis(snapshot, table, table_expression(["true"], restrictive), functions).bound
 
 
 def _policy_functions(snapshot: Snapshot, policy: Policy) -> list[Function]:
@@ -123,7 +134,7 @@ def _open_expressions(snapshot: Snapshot) -> Iterator[tuple[Relation, Policy, st
                     policy,
                     label,
                     expression,
-                    _analysis(snapshot, table, expression, policy.functions),
+                    policy_analysis(snapshot, table, expression, policy.functions),
                 )
 
 
@@ -351,7 +362,7 @@ def _fail_open(snapshot: Snapshot) -> Iterator[Finding]:
 )
 def _missing_nullif(snapshot: Snapshot) -> Iterator[Finding]:
     for table, policy, expression in _policy_expressions(snapshot):
-        analysis = _analysis(snapshot, table, expression, policy.functions)
+        analysis = policy_analysis(snapshot, table, expression, policy.functions)
         if analysis.empty_setting_fails or analysis.empty_tenant_rows:
             hazards = [r for r in analysis.reasons if "reset to '' a cast" in r or "whose tenant is ''" in r]
             yield RULES["PGT008"].finding(
@@ -373,7 +384,7 @@ def _unwrapped_setting(snapshot: Snapshot) -> Iterator[Finding]:
     if snapshot.citus_tables is not None:
         return  # Citus refuses the wrapper on its tables, and tenant tables belong there (PGT026)
     for table, policy, expression in _policy_expressions(snapshot):
-        if _analysis(snapshot, table, expression, policy.functions).per_row:
+        if policy_analysis(snapshot, table, expression, policy.functions).per_row:
             yield RULES["PGT009"].finding(
                 _policy_object(table, policy),
                 f"reads {snapshot.setting!r} outside a scalar subquery: ({expression})",
@@ -423,8 +434,11 @@ def _policy_function_body(snapshot: Snapshot) -> Iterator[Finding]:
     fix="Prefer the inline predicate; otherwise keep the function STABLE, SECURITY INVOKER and reviewed.",
 )
 def _policy_function(snapshot: Snapshot) -> Iterator[Finding]:
+    verifiers = {v.schema.verifier.oid for v in trusted_verifiers(snapshot) if v.schema.verifier}
     for table, policy in _tables_with_policies(snapshot):
         for function in _policy_functions(snapshot, policy):
+            if function.oid in verifiers:
+                continue  # pgtenancy's own seal verifier, compared with what it writes (PGT050)
             yield RULES["PGT011"].finding(
                 _policy_object(table, policy), f"calls {function.signature} (its body was audited too)"
             )

@@ -66,10 +66,11 @@ class Suppression:
 
 @dataclass(frozen=True)
 class CheckConfig:
-    """``[tool.pgtenancy.check]`` of a pyproject.toml: ignore entries and the baseline file."""
+    """``[tool.pgtenancy.check]`` of a pyproject.toml: ignore entries, the baseline file, declared sealing."""
 
     ignores: tuple[Suppression, ...] = ()
     baseline: Path | None = None  # relative paths are resolved against the pyproject.toml's directory
+    sealed: bool = False  # every tenant table must be sealed (``sealed = true``)
 
 
 def find_pyproject(start: Path) -> Path | None:
@@ -94,7 +95,7 @@ def load_config(path: Path | None = None, *, start: Path | None = None) -> Check
     elif not path.is_file():
         raise ConfigurationError(f"config file {str(path)!r} does not exist")
     table = _check_table(path) or {}
-    unknown = set(table) - {"ignore", "baseline"}
+    unknown = set(table) - {"ignore", "baseline", "sealed"}
     if unknown:
         raise ConfigurationError(
             f"{path}: unknown key(s) in [tool.pgtenancy.check]: {', '.join(sorted(unknown))}"
@@ -105,9 +106,13 @@ def load_config(path: Path | None = None, *, start: Path | None = None) -> Check
     baseline = table.get("baseline")
     if baseline is not None and not (isinstance(baseline, str) and baseline):
         raise ConfigurationError(f"{path}: baseline must be a file name")
+    sealed = table.get("sealed", False)
+    if not isinstance(sealed, bool):
+        raise ConfigurationError(f"{path}: sealed must be true or false")
     return CheckConfig(
         ignores=tuple(_entry(entry, str(path), glob=True) for entry in entries),
         baseline=path.parent / baseline if baseline else None,
+        sealed=sealed,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Row, text
 
+from pgtenancy.catalog.seal import SealFacts, read_seal_facts
 from pgtenancy.config import DEFAULT_SETTING
 from pgtenancy.errors import ConfigurationError
 
@@ -580,6 +581,8 @@ class Snapshot:
     memberships: frozenset[tuple[int, int]] = frozenset()  # (member, role): direct grants of role to member
     role_settings: tuple[RoleSetting, ...] = ()
     large_objects: tuple[LargeObjectAccess, ...] = ()
+    seal: SealFacts = field(default_factory=SealFacts)
+    sealing_declared: bool = False  # every tenant table must be sealed (``pgtenancy check --sealed``)
 
     @functools.cached_property
     def function_bodies(self) -> tuple[tuple[str, str], ...]:
@@ -810,6 +813,7 @@ def read_snapshot(
             )
             for via, role, count, sample, privileges in conn.execute(_LARGE_OBJECTS, params)
         ),
+        seal=read_seal_facts(conn, role=app.oid),
     )
 
 

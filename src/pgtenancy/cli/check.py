@@ -73,6 +73,12 @@ def check(
         list[str] | None,
         typer.Option("--admin-role", help="A role of admin tools that bypasses RLS by design (repeatable)."),
     ] = None,
+    sealed: Annotated[
+        bool,
+        typer.Option(
+            "--sealed", help="Sealing is declared: every tenant table must be sealed (or sealed = true)."
+        ),
+    ] = False,
     ignore: Annotated[
         list[str] | None,
         typer.Option(
@@ -120,6 +126,7 @@ def check(
             dynamic=dynamic,
             column=column,
             admin_roles=tuple(admin_role or ()),
+            sealed=sealed or settings.sealed,
         )
 
     try:
