@@ -7,11 +7,11 @@ import asyncio
 import json
 import sys
 
-from benchmarks import asgi, binding, instructions, rls
+from benchmarks import asgi, binding, instructions, rls, seal
 from benchmarks.harness import benchmark_database
 
-SUITES = {"binding": binding, "instructions": instructions, "rls": rls, "asgi": asgi}
-DEFAULT = ("binding", "rls", "asgi")  # instructions (callgrind, several minutes) runs when named
+SUITES = {"binding": binding, "instructions": instructions, "rls": rls, "asgi": asgi, "seal": seal}
+DEFAULT = ("binding", "rls", "asgi", "seal")  # instructions (callgrind, several minutes) runs when named
 
 
 async def _main(names: list[str], rounds: int, seconds: float) -> list[dict[str, object]]:
