@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from pgtenancy.audit import Finding, Report
 from pgtenancy.testing import TestDatabase
-from tests.audit_corpus import functions, objects, policies, roles, tables
+from tests.audit_corpus import functions, objects, policies, roles, seals, tables
 from tests.audit_corpus.case import (
     Case,
     Hole,
@@ -44,6 +44,7 @@ HOLES: list[Hole] = [
     *tables.HOLES,
     *objects.HOLES,
     *functions.HOLES,
+    *seals.HOLES,
 ]
 
 

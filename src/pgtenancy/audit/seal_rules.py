@@ -91,8 +91,9 @@ def _key_table(snapshot: Snapshot) -> Iterator[Finding]:
     "PGT049",
     "error",
     "Seal key function executable by PUBLIC or the app role",
-    why="add_key stores a key of the caller's choice: SQL the app runs could add its own key and sign "
-    "seals for any tenant.",
+    why="add_key stores a key of the caller's choice: once it runs with its owner's rights (SECURITY "
+    "DEFINER) or the app may write the key table, SQL the app runs adds a key of its own and signs seals "
+    "for any tenant. Only the migration's role should execute it.",
     fix="REVOKE ALL ON FUNCTION pgtenancy_seal.add_key(text, bytea) FROM PUBLIC, app;",
 )
 def _add_key(snapshot: Snapshot) -> Iterator[Finding]:
