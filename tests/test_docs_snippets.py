@@ -139,7 +139,7 @@ class Block:
         return [name for words in self.directives("given") for name in words]
 
 
-_FENCE = re.compile(r"^```(\w*)\s*$")
+_FENCE = re.compile(r"^(\s*)```(\w*)\s*$")  # indented too: a block inside a list item
 _MARKER = re.compile(r"^<!-- snippet: (.+?) -->$")
 _KEYWORDS = {"fill", "given", "pytest", "not-run"}
 
@@ -164,12 +164,13 @@ def parse(path: Path) -> list[Block]:
         if fence is None:
             index += 1
             continue
-        end = lines.index("```", index + 1)
+        indent = fence.group(1)
+        end = lines.index(indent + "```", index + 1)
         markers: list[str] = []
         above = index - 1
-        while above >= 0 and (lines[above].strip() == "" or _MARKER.match(lines[above])):
+        while above >= 0 and (lines[above].strip() == "" or _MARKER.match(lines[above].strip())):
             if lines[above].strip():
-                markers.insert(0, _MARKER.match(lines[above]).group(1))  # type: ignore[union-attr]
+                markers.insert(0, _MARKER.match(lines[above].strip()).group(1))  # type: ignore[union-attr]
             above -= 1
         for marker in markers:
             keyword = shlex.split(marker)[0]
@@ -178,8 +179,8 @@ def parse(path: Path) -> list[Block]:
                 assert marker.startswith("not-run because "), f"{name}:{index + 1}: say why: {marker!r}"
         counts[heading] = counts.get(heading, 0) + 1
         suffix = "" if counts[heading] == 1 else f".{counts[heading]}"
-        body = "\n".join(lines[index + 1 : end]) + "\n"
-        blocks.append(Block(f"{name}#{heading}{suffix}", fence.group(1), body, tuple(markers)))
+        body = "\n".join(line.removeprefix(indent) for line in lines[index + 1 : end]) + "\n"
+        blocks.append(Block(f"{name}#{heading}{suffix}", fence.group(2), body, tuple(markers)))
         index = end + 1
     return blocks
 
@@ -291,6 +292,8 @@ FILLS: dict[str, Callable[[Run], Any]] = {
 
 
 def _offline_op(run: Run) -> Any:
+    import pgtenancy.alembic  # noqa: F401 (as a migration's env.py does: registers the operations)
+
     context = MigrationContext.configure(
         dialect_name="postgresql", opts={"as_sql": True, "output_buffer": StringIO()}
     )
