@@ -291,3 +291,31 @@ async def test_sealing_refuses_connections_through_pgbouncer(sealed: TestDatabas
                     await conn.execute(text("SELECT 1"))
         finally:
             await engine.dispose()
+
+
+@pytest.mark.parametrize("drivername", ["postgresql+psycopg", "postgresql+asyncpg"])
+async def test_the_seal_travels_in_every_mode_and_with_a_pipelined_first_statement(
+    sealed: TestDatabase, drivername: str
+):
+    """mode="set_config" sends it after BEGIN; psycopg's executemany opens its transaction in pipeline mode,
+    where each command travels alone."""
+    for mode in ("begin", "set_config"):
+        engine = create_async_engine(sealed.url("app", drivername=drivername), poolclass=NullPool)
+        instrument(engine, mode=mode, seal=Seal(KEY, key_id="k1"))  # type: ignore[arg-type]
+        try:
+            async with tenant_context(B), engine.connect() as conn:
+                update = text("UPDATE docs SET body = 'touched' WHERE tenant_id = :t AND id = :i")
+                await conn.execute(update, [{"t": B, "i": i} for i in range(1, 200)])  # the first statement
+                rows = (await conn.execute(text("SELECT tenant_id, body FROM docs"))).all()
+                assert rows == [(B, "touched")] * ROWS[B]  # the executemany wrote: the seal was there
+                await conn.rollback()
+        finally:
+            await engine.dispose()
+
+
+def test_sealing_refuses_the_event_fallback(sealed: TestDatabase, monkeypatch: pytest.MonkeyPatch):
+    import pgtenancy.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "adapter_for", lambda dialect: (None, "no adapter in this test"))
+    with pytest.raises(ConfigurationError, match="sealing needs a driver adapter"):
+        instrument(create_engine(sealed.url("app")), seal=Seal(KEY))
