@@ -100,3 +100,43 @@ def test_rows_written_on_the_primary_reach_only_their_tenant_on_the_standby(repl
     primary.dispose()
     standby.dispose()
     assert seen == {A: 1, B: 0}
+
+
+async def test_a_sealed_engine_on_the_standby_reads_only_what_its_seal_vouches_for(replica, monkeypatch):
+    """The verifier and its keys replay like any table; the seal names the standby's own backend."""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    import pgtenancy.alembic  # noqa: F401 (registers the operations)
+    from pgtenancy.seal import Seal
+
+    pair, roles, database = replica
+    key = secrets.token_bytes(32)
+    monkeypatch.setenv("PGTENANCY_TEST_SEAL_KEY", key.hex())
+    owner = create_engine(_url(pair.primary, roles, database, role="owner"))
+    with owner.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE sealed_notes (tenant_id uuid NOT NULL, body text)")
+        op = Operations(MigrationContext.configure(conn))
+        op.enable_tenant_isolation("sealed_notes")
+        op.grant_tenant_access(roles.app, "sealed_notes")
+        op.create_tenant_seal()
+        op.add_tenant_seal_key("1", key_env="PGTENANCY_TEST_SEAL_KEY")
+        op.seal_tenant_isolation("sealed_notes")
+    owner.dispose()
+    admin = create_engine(pair.primary.url(database=database))
+    with admin.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO sealed_notes SELECT tenant_id, body FROM notes")
+    admin.dispose()
+    pair.wait_for_replay()
+    engine = create_async_engine(_url(pair.standby, roles, database, drivername="postgresql+asyncpg"))
+    instrument(engine, seal=Seal(key, key_id="1"))
+    try:
+        async with tenant_context(A), engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT tenant_id FROM sealed_notes"))).scalars().all()
+            assert rows == [A] * ROWS_PER_TENANT[A]
+            await conn.execute(
+                text("SELECT set_config('app.' || 'current_tenant_id', :b, true)"), {"b": str(B)}
+            )
+            assert (await conn.execute(text("SELECT count(*) FROM sealed_notes"))).scalar() == 0
+    finally:
+        await engine.dispose()
