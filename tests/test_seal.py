@@ -319,3 +319,25 @@ def test_sealing_refuses_the_event_fallback(sealed: TestDatabase, monkeypatch: p
     monkeypatch.setattr(engine_module, "adapter_for", lambda dialect: (None, "no adapter in this test"))
     with pytest.raises(ConfigurationError, match="sealing needs a driver adapter"):
         instrument(create_engine(sealed.url("app")), seal=Seal(KEY))
+
+
+def test_assert_tenant_isolated_needs_the_seal_and_proves_a_sealed_table(sealed: TestDatabase):
+    from pgtenancy.testing import assert_tenant_isolated
+
+    url = sealed.url("app")
+    with pytest.raises(AssertionError, match="sealed"):
+        assert_tenant_isolated(url, "docs", [A, B])  # unsealed probes would see nothing, proving nothing
+    assert_tenant_isolated(url, "docs", [A, B], seal=Seal(KEY, key_id="k1"))
+    owner = create_engine(sealed.url("owner"), poolclass=NullPool)
+    try:
+        with owner.begin() as conn:  # a second, plain policy beside the sealed one lets the setting in
+            conn.exec_driver_sql(
+                "CREATE POLICY plain_read ON docs FOR SELECT "
+                "USING (tenant_id::text = current_setting('app.current_tenant_id', true))"
+            )
+        with pytest.raises(AssertionError, match="not isolated"):
+            assert_tenant_isolated(url, "docs", [A, B], seal=Seal(KEY, key_id="k1"))
+    finally:
+        with owner.begin() as conn:
+            conn.exec_driver_sql("DROP POLICY IF EXISTS plain_read ON docs")
+        owner.dispose()

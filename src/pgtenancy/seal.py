@@ -28,6 +28,7 @@ __all__ = [
     "Seal",
     "Signer",
     "decode_key",
+    "hmac_pads",
     "seal_value",
     "seal_value_from_pads",
     "validate_key_id",
@@ -73,6 +74,12 @@ def seal_value_from_pads(
     """``seal_value`` from the HMAC pads the database stores for a key (what a role reading them can sign)."""
     inner = hashlib.sha256(inner_pad + _message(tenant, backend_pid, expires)).digest()
     return f"{key_id}:{expires}:{hashlib.sha256(outer_pad + inner).hexdigest()}"
+
+
+def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
+    """HMAC-SHA256's inner and outer pads of ``key``: what the key table stores (``add_key`` derives them)."""
+    block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+    return bytes(b ^ 0x36 for b in block), bytes(b ^ 0x5C for b in block)
 
 
 def _message(tenant: str, backend_pid: int, expires: int) -> bytes:

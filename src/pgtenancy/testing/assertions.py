@@ -10,11 +10,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pgtenancy.audit import audit, audit_engine
 from pgtenancy.audit.findings import Finding
 from pgtenancy.audit.probes import Target, probe_table
+from pgtenancy.audit.sealing import SealKey, table_verifiers
 from pgtenancy.catalog import table_security
 from pgtenancy.catalog.snapshot import read_snapshot
 from pgtenancy.config import DEFAULT_SETTING, validate_setting_name, validate_tenant_id
 from pgtenancy.errors import ConfigurationError
 from pgtenancy.roles import role_problems
+from pgtenancy.seal import Seal, hmac_pads
 
 __all__ = ["assert_no_findings", "assert_tenant_isolated"]
 
@@ -27,6 +29,7 @@ def assert_tenant_isolated(
     column: str = "tenant_id",
     key_type: str = "uuid",
     setting: str = DEFAULT_SETTING,
+    seal: Seal | None = None,
 ) -> None:
     """Assert that, as the connection's role, no tenant reaches another tenant's rows of ``table``.
 
@@ -37,6 +40,9 @@ def assert_tenant_isolated(
     :param engine_or_url: the application's engine or URL: the role under test is its user.
     :param table: ``name`` or ``schema.name`` (resolved with the connection's search_path).
     :param tenants: at least two tenant ids of ``key_type``.
+    :param seal: for a table sealed by ``op.seal_tenant_isolation``, the application's ``Seal``: each
+        bound tenant is sealed with it, and re-pointing the setting without a seal must show no rows.
+        A sealed table without it cannot be proven (the probes would see nothing at all).
     """
     validate_setting_name(setting)
     chosen = [validate_tenant_id(t, key_type) for t in tenants]
@@ -47,7 +53,7 @@ def assert_tenant_isolated(
         with engine.connect() as conn:
             with conn.begin() as transaction:
                 problems = role_problems(conn)
-                target, truncate = _target(conn, table, column, setting)
+                target, truncate, seals = _target(conn, table, column, setting, seal)
                 transaction.rollback()
             if problems:
                 raise AssertionError(
@@ -65,6 +71,8 @@ def assert_tenant_isolated(
                 auditor_bypasses=False,
                 tenants=chosen,
                 truncate=truncate,
+                seals=seals,
+                check_seal=bool(seals),
             )
     finally:
         engine.dispose()
@@ -80,8 +88,10 @@ def assert_tenant_isolated(
         )
 
 
-def _target(conn: Connection, table: str, column: str, setting: str) -> tuple[Target, bool]:
-    """The probe target for ``table`` and whether the role may TRUNCATE it."""
+def _target(
+    conn: Connection, table: str, column: str, setting: str, seal: Seal | None
+) -> tuple[Target, bool, tuple[SealKey, ...]]:
+    """The probe target for ``table``, whether the role may TRUNCATE it, and the keys to seal it with."""
     parts = table.split(".")
     if not 1 <= len(parts) <= 2 or not all(parts):
         raise ConfigurationError(f"invalid table name {table!r}: use 'name' or 'schema.name'")
@@ -98,7 +108,15 @@ def _target(conn: Connection, table: str, column: str, setting: str) -> tuple[Ta
         raise ConfigurationError(
             f"cannot make up tenant ids for {table!r}: its tenant column is neither uuid, integer nor text"
         )
-    return target, "TRUNCATE" in relation.app_privileges
+    verifiers = table_verifiers(snapshot, relation)
+    if verifiers and seal is None:
+        raise AssertionError(
+            f"cannot prove {table} isolated: its policies are sealed, and unsealed probes see no rows at "
+            "all; pass seal= the application's Seal"
+        )
+    pads = hmac_pads(seal.current_key()) if seal is not None else (b"", b"")
+    keys = tuple(SealKey(verifier.seal_setting, seal.key_id, *pads) for verifier in verifiers if seal)
+    return target, "TRUNCATE" in relation.app_privileges, keys
 
 
 def _indent(block: str) -> str:
