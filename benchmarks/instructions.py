@@ -27,7 +27,7 @@ from pgtenancy.testing.database import TestDatabase
 TENANTS = 50  # few enough that a short warm-up fills pgtenancy's per-tenant cache
 SHORT, LONG = 100, 400
 SEEDS = tuple(str(seed) for seed in range(6))
-MODES = ("begin",)  # the separate statement costs ~40 %: throughput shows that without help
+MODES = ("begin", "sealed")  # set_config costs ~40 %: throughput shows it; sealed: mode=begin plus a Seal
 DRIVERS = (("asyncpg", "postgresql+asyncpg"), ("psycopg", "postgresql+psycopg"))
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
@@ -48,7 +48,11 @@ async def _work(url: str, mode: str, operations: int) -> None:
     from pgtenancy import instrument
 
     engine = create_async_engine(url, pool_size=8, max_overflow=0)
-    if mode != "plain":
+    if mode == "sealed":
+        from pgtenancy.seal import Seal
+
+        instrument(engine, key_type="int", seal=Seal(bytes(range(32))))
+    elif mode != "plain":
         instrument(engine, key_type="int", mode=mode)  # type: ignore[arg-type]
     tenants = iter(range(operations + TENANTS))
     work = query_work(
