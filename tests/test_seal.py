@@ -133,6 +133,11 @@ def test_injected_sql_that_re_points_the_setting_reads_and_writes_nothing(engine
         conn.execute(text(injection.replace("{b}", str(B))), {"b": str(B)} if ":b" in injection else {})
         assert conn.execute(text("SELECT current_setting('app.current_tenant_id')")).scalar() == str(B)
         assert tenants_seen(conn) == []  # neither B's rows nor A's: the seal no longer matches
+        for change in (
+            "UPDATE docs SET body = 'defaced' WHERE tenant_id = :b",
+            "DELETE FROM docs WHERE tenant_id = :b",
+        ):
+            assert conn.execute(text(change), {"b": B}).rowcount == 0
         with pytest.raises(ProgrammingError, match="row-level security"):
             conn.execute(text("INSERT INTO docs (tenant_id, body) VALUES (:b, 'planted')"), {"b": B})
         conn.rollback()

@@ -22,7 +22,7 @@ from pgtenancy.errors import (
     UnsafeRoleError,
     UnsafeStatementError,
 )
-from pgtenancy.orm import TenantMixin, tenant_column
+from pgtenancy.orm import TenantMixin, tenant_column, tenant_field
 from pgtenancy.pruning import disable_tenant_criteria, enable_tenant_criteria
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "is_instrumented",
     "tenant_column",
     "tenant_context",
+    "tenant_field",
     "uninstrument",
     "validate_tenant_id",
     "without_tenant",

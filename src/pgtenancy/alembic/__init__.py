@@ -6,7 +6,9 @@ Importing this package registers pgtenancy's operations on Alembic's ``op`` (``e
 ``distribute_tenant_table``, ``create_reference_table``, ``undistribute_table``; the sealing operations
 of ``pgtenancy.alembic.seal``), their renderers for autogenerate, and the comparator that proposes
 ``enable_tenant_isolation`` for every marked model table whose live isolation is missing or differs
-(and, in a Citus database, ``distribute_tenant_table`` for marked tables that are not distributed).
+(a sealed policy counts as declared), ``grant_tenant_access`` for the app roles of
+``context.configure(pgtenancy_app_roles=[...])`` on tables they cannot fully use, and, in a Citus
+database, ``distribute_tenant_table`` for marked tables that are not distributed.
 """
 
 from __future__ import annotations
