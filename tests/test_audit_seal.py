@@ -23,10 +23,9 @@ from pgtenancy.audit.expressions import analyse
 from pgtenancy.audit.suppressions import load_config
 from pgtenancy.errors import ConfigurationError
 from pgtenancy.testing import TestDatabase
-from pgtenancy.testing.cluster import ClusterUnavailableError, start_standalone
-from pgtenancy.testing.database import clone_database, create_roles, create_template
 from tests import audit_sandbox
 from tests.audit_sandbox import TENANT_A, TENANT_B, Sandbox
+from tests.seal_support import seal_table, statements_database
 
 sandbox = audit_sandbox.sandbox  # the fixture
 KEY = secrets.token_bytes(32)
@@ -331,26 +330,10 @@ def test_activity_shown_for_the_app_role_is_a_warning_while_tables_are_sealed(se
 
 @pytest.fixture(scope="module")
 def statements_server() -> Iterator[TestDatabase]:
-    """A server of its own with pg_stat_statements loaded (that needs a restart), ``docs`` sealed."""
-    try:
-        server = start_standalone({"shared_preload_libraries": "pg_stat_statements"})
-    except ClusterUnavailableError as error:
-        pytest.skip(f"needs PostgreSQL server binaries to load pg_stat_statements: {error}")
-    test_server = server.node.server()
-    roles = create_roles(test_server, prefix="pgt_audit_pss")
-    try:
-        create_template(test_server, roles, "audit_pss_template")
-        database = clone_database(test_server, "audit_pss_template", "audit_pss", roles)
-        admin_sql(
-            database,
-            "CREATE EXTENSION pg_stat_statements",
-            "CREATE TABLE docs (tenant_id uuid NOT NULL, body text)",
-            f"ALTER TABLE docs OWNER TO {roles.owner}",
-        )
-        migrate(database, seal_steps("docs", None, "pgtenancy_seal", roles.app))
+    """A server of its own with pg_stat_statements loaded, ``docs`` sealed."""
+    with statements_database("pgt_audit_pss") as database:
+        seal_table(database, KEY)
         yield database
-    finally:
-        server.stop()
 
 
 def test_pg_stat_statements_keeping_utility_statements_is_a_warning(statements_server: TestDatabase):

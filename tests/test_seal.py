@@ -26,11 +26,11 @@ from pgtenancy import ConfigurationError, instrument, tenant_context, without_te
 from pgtenancy.seal import Seal, seal_value
 from pgtenancy.testing import TestDatabase
 from tests.bouncer import driver_options, start_bouncer
+from tests.seal_support import KEY_ENV, seal_table
 
 A, B = uuid.UUID(int=0x5EA1A), uuid.UUID(int=0x5EA1B)
 ROWS = {A: 3, B: 4}
 KEY = secrets.token_bytes(32)
-KEY_ENV = "PGTENANCY_TEST_SEAL_KEY"
 NAME_AT_RUN_TIME = "'app.' || chr(99) || 'urrent_tenant_id'"  # the vetting cannot see this name
 
 
@@ -41,24 +41,13 @@ def operations(conn: Connection) -> Operations:
 @pytest.fixture(scope="module")
 def sealed(pgtenancy_database: TestDatabase) -> Iterator[TestDatabase]:
     """A ``docs`` table isolated, granted and sealed by the migration operations, with key ``k1``."""
-    owner = create_engine(pgtenancy_database.url("owner"), poolclass=NullPool)
-    os.environ[KEY_ENV] = KEY.hex()
-    try:
-        with owner.begin() as conn:
-            conn.exec_driver_sql(
-                "CREATE TABLE docs (tenant_id uuid NOT NULL "
-                "DEFAULT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid, "
-                "id bigserial, body text NOT NULL, PRIMARY KEY (tenant_id, id))"
-            )
-            op = operations(conn)
-            op.enable_tenant_isolation("docs")
-            op.grant_tenant_access(pgtenancy_database.roles.app, "docs")
-            op.create_tenant_seal()
-            op.add_tenant_seal_key("k1", key_env=KEY_ENV)
-            op.seal_tenant_isolation("docs")
-    finally:
-        del os.environ[KEY_ENV]
-        owner.dispose()
+    seal_table(
+        pgtenancy_database,
+        KEY,
+        create="CREATE TABLE docs (tenant_id uuid NOT NULL "
+        "DEFAULT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid, "
+        "id bigserial, body text NOT NULL, PRIMARY KEY (tenant_id, id))",
+    )
     admin = create_engine(pgtenancy_database.url("admin"), poolclass=NullPool)
     with admin.begin() as conn:
         for tenant, count in ROWS.items():

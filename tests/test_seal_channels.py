@@ -10,7 +10,6 @@ that same pooled backend, within the seal's lifetime.
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 import time
@@ -26,34 +25,14 @@ from sqlalchemy.pool import NullPool
 import pgtenancy.alembic  # noqa: F401 (registers the operations)
 from pgtenancy import instrument, tenant_context
 from pgtenancy.seal import Seal
-from pgtenancy.testing import TestDatabase, TestRoles
-from pgtenancy.testing.cluster import ClusterUnavailableError, start_standalone
-from pgtenancy.testing.database import clone_database, create_roles, create_template
+from pgtenancy.testing import TestDatabase
+from tests.seal_support import seal_table, statements_database
 
 B = uuid.UUID(int=0x5EA1B)
 KEY = secrets.token_bytes(32)
-KEY_ENV = "PGTENANCY_TEST_SEAL_KEY"
 HARVEST = text(
     "SELECT query FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND query LIKE '%pgtenancy.seal%'"
 )
-
-
-def seal_tables(database: TestDatabase) -> None:
-    """``docs``, isolated, granted and sealed with key ``k1``, as a migration would leave it."""
-    owner = create_engine(database.url("owner"), poolclass=NullPool)
-    os.environ[KEY_ENV] = KEY.hex()
-    try:
-        with owner.begin() as conn:
-            conn.exec_driver_sql("CREATE TABLE docs (tenant_id uuid NOT NULL, body text)")
-            op = Operations(MigrationContext.configure(conn))
-            op.enable_tenant_isolation("docs")
-            op.grant_tenant_access(database.roles.app, "docs")
-            op.create_tenant_seal()
-            op.add_tenant_seal_key("k1", key_env=KEY_ENV)
-            op.seal_tenant_isolation("docs")
-    finally:
-        del os.environ[KEY_ENV]
-        owner.dispose()
 
 
 def set_activity(database: TestDatabase, *, hidden: bool) -> None:
@@ -103,7 +82,7 @@ def harvest_activity(database: TestDatabase, transactions: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sealed(pgtenancy_database: TestDatabase) -> TestDatabase:
-    seal_tables(pgtenancy_database)
+    seal_table(pgtenancy_database, KEY)
     return pgtenancy_database
 
 
@@ -119,24 +98,10 @@ def test_pg_stat_activity_shows_seals_until_the_app_role_is_hidden(sealed: TestD
 
 @pytest.fixture(scope="module")
 def statements_server() -> Iterator[TestDatabase]:
-    """A server of its own with pg_stat_statements loaded (it needs a restart), the docs table sealed."""
-    try:
-        server = start_standalone({"shared_preload_libraries": "pg_stat_statements"})
-    except ClusterUnavailableError as error:
-        pytest.skip(f"needs PostgreSQL server binaries to load pg_stat_statements: {error}")
-    test_server = server.node.server()
-    roles: TestRoles = create_roles(test_server, prefix="pgt_pss")
-    try:
-        create_template(test_server, roles, "pss_template")
-        database = clone_database(test_server, "pss_template", "pss", roles)
-        admin = create_engine(database.url("admin"), poolclass=NullPool)
-        with admin.begin() as conn:
-            conn.exec_driver_sql("CREATE EXTENSION pg_stat_statements")
-        admin.dispose()
-        seal_tables(database)
+    """A server of its own with pg_stat_statements loaded, the docs table sealed."""
+    with statements_database("pgt_pss") as database:
+        seal_table(database, KEY)
         yield database
-    finally:
-        server.stop()
 
 
 def harvest_statements(database: TestDatabase) -> list[str]:
