@@ -335,3 +335,12 @@ def test_assert_tenant_isolated_needs_the_seal_and_proves_a_sealed_table(sealed:
         with owner.begin() as conn:
             conn.exec_driver_sql("DROP POLICY IF EXISTS plain_read ON docs")
         owner.dispose()
+
+
+def test_assert_no_findings_passes_declared_sealing_on(sealed: TestDatabase):
+    from pgtenancy.testing import assert_no_findings
+
+    admin, app = sealed.url("admin"), sealed.roles.app
+    assert_no_findings(admin, role=app, dynamic=False, ignore=["PGT054"])  # notes: plain, not declared
+    with pytest.raises(AssertionError, match=r"PGT052.*notes"):
+        assert_no_findings(admin, role=app, dynamic=False, ignore=["PGT054"], sealed=True)

@@ -132,13 +132,17 @@ def assert_no_findings(
     column: str = "tenant_id",
     dynamic: bool = True,
     ignore: Iterable[str] = (),
+    sealed: bool = False,
 ) -> None:
     """Assert that ``pgtenancy check`` finds no error or warning (rules in ``ignore`` excepted).
 
     :param url: best a superuser URL, with ``role`` the application's role (see ``pgtenancy.audit``).
+    :param sealed: sealing is declared (``pgtenancy check --sealed``): every tenant table must be sealed.
     """
     skipped = set(ignore)
-    report = audit(url, role=role, setting=setting, schemas=schemas, dynamic=dynamic, column=column)
+    report = audit(
+        url, role=role, setting=setting, schemas=schemas, dynamic=dynamic, column=column, sealed=sealed
+    )
     failing = [f for f in report.failing if f.rule not in skipped]
     if failing:
         raise AssertionError(
