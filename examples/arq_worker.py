@@ -35,6 +35,6 @@ async def add_note_everywhere(ctx) -> None:
 
 
 class WorkerSettings:
-    functions = [add_note, add_note_everywhere]
-    cron_jobs = [cron(add_note_everywhere, hour=3, minute=0)]
+    functions = (add_note, add_note_everywhere)
+    cron_jobs = (cron(add_note_everywhere, hour=3, minute=0),)
     redis_settings = RedisSettings.from_dsn(os.environ["REDIS_URL"])
