@@ -36,7 +36,7 @@ from pgtenancy.errors import (
 )
 from pgtenancy.roles import verify_dbapi_role
 from pgtenancy.roles import verify_role as _verify_role
-from pgtenancy.seal import Seal, Signer
+from pgtenancy.seal import Seal, Signer, signer
 from pgtenancy.sessions import forget_engine, guard_sessions
 from pgtenancy.statements import CLEAN, Verdict, names_setting, refuse, vet
 
@@ -387,7 +387,7 @@ class _DriverLevel(_Listeners):
                 f"the server runs this session as {pid} (a pooler such as PgBouncer sits between, and its "
                 "transactions can run on backends a signature does not name)"
             )
-        return Signer(seal, pid, float(server_time) - (sent + received) / 2, render)
+        return signer(seal, pid, float(server_time) - (sent + received) / 2, render)
 
     def _checked(self, run: Any) -> Any:
         """``run`` (a dialect's ``do_execute*``), reading the statement and the binding first; the driver
