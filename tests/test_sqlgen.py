@@ -149,3 +149,46 @@ def test_printed_revoke_temporary_sql(pgtenancy_database: TestDatabase):
             conn.exec_driver_sql(render_sql(temporary_statements(app, allow=True)))
             assert conn.execute(has_temporary, {"r": app}).scalar_one() is True
         engine.dispose()
+
+
+def test_printed_seal_sql_seals_like_the_operations(owner: Connection, pgtenancy_database: TestDatabase):
+    """seal-schema, a key added as its comment says, seal and unseal: the policies the operations leave."""
+    url = pgtenancy_database.url("owner")
+    for _ in range(2):  # idempotent
+        run_sql_command(url, "seal-schema")
+    key = secrets.token_bytes(32)
+    owner.execute(text("SELECT pgtenancy_seal.add_key('1', :key)"), {"key": key})
+    op = Operations(MigrationContext.configure(owner))
+    for table in ("by_template", "by_operation"):
+        op.enable_tenant_isolation(table)
+    run_sql_command(url, "seal", "--table", "by_template")
+    op.seal_tenant_isolation("by_operation")
+    template, operation = table_policies(owner, "by_template"), table_policies(owner, "by_operation")
+    assert [(p.using, p.with_check) for p in template] == [(p.using, p.with_check) for p in operation]
+    assert "pgtenancy_seal.current_tenant()" in template[0].using
+    run_sql_command(url, "seal", "--table", "by_template", "--unseal")
+    assert "current_setting" in table_policies(owner, "by_template")[0].using
+    op.unseal_tenant_isolation("by_operation")
+    op.drop_tenant_seal()
+    for table in ("by_template", "by_operation"):
+        op.disable_tenant_isolation(table)
+
+
+def test_printed_hide_activity_sql(pgtenancy_database: TestDatabase, role: str):
+    admin = pgtenancy_database.url("admin")
+    engine = create_engine(admin, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("CREATE ROLE " + role)
+    engine.dispose()
+    run_sql_command(admin, "hide-activity", "--role", role)
+    engine = create_engine(admin, poolclass=NullPool)
+    with engine.connect() as conn:
+        settings = conn.execute(
+            text(
+                "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+                "WHERE r.rolname = :role"
+            ),
+            {"role": role},
+        ).scalar()
+    engine.dispose()
+    assert settings == ["track_activities=off", "pg_stat_statements.track_utility=off"]

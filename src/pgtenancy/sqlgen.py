@@ -11,15 +11,19 @@ from collections.abc import Iterable
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import DDLElement
 
-from pgtenancy import ddl
+from pgtenancy import ddl, seal_sql
 from pgtenancy.config import DEFAULT_SETTING
+from pgtenancy.seal import DEFAULT_SEAL_SETTING
 
 __all__ = [
     "render_create_role_sql",
     "render_disable_sql",
     "render_enable_sql",
     "render_grant_sql",
+    "render_hide_activity_sql",
     "render_revoke_temporary_sql",
+    "render_seal_schema_sql",
+    "render_seal_sql",
     "render_sql",
 ]
 
@@ -73,3 +77,40 @@ def render_grant_sql(role: str, table: str, schema: str | None = None) -> str:
 def render_revoke_temporary_sql(role: str) -> str:
     """The SQL of ``op.revoke_temporary_tables``: ``role`` (and PUBLIC) may not create temporary tables."""
     return render_sql(ddl.temporary_statements(role, allow=False))
+
+
+def render_seal_schema_sql(
+    schema: str = seal_sql.DEFAULT_SEAL_SCHEMA,
+    setting: str = DEFAULT_SETTING,
+    seal_setting: str = DEFAULT_SEAL_SETTING,
+) -> str:
+    """The SQL of ``op.create_tenant_seal``, and how to add a key without writing it into a file."""
+    quoted = seal_sql.quoted_schema(schema)
+    return render_sql(seal_sql.create_seal_statements(schema, setting=setting, seal_setting=seal_setting)) + (
+        "-- add a key (hex, 32 bytes or more) without writing it into a file, e.g. in psql:\n"
+        "--   \\set seal_key `printenv PGTENANCY_SEAL_KEY`\n"
+        f"--   SELECT {quoted}.add_key('1', decode(:'seal_key', 'hex'));\n"
+    )
+
+
+def render_seal_sql(
+    table: str,
+    column: str = "tenant_id",
+    schema: str | None = None,
+    key_type: str = "uuid",
+    setting: str = DEFAULT_SETTING,
+    *,
+    sealed: bool = True,
+    seal_schema: str = seal_sql.DEFAULT_SEAL_SCHEMA,
+) -> str:
+    """The SQL of ``op.seal_tenant_isolation`` (``sealed``) or ``op.unseal_tenant_isolation``."""
+    return render_sql(
+        seal_sql.policy_statements(
+            table, column, schema, key_type=key_type, sealed=sealed, seal_schema=seal_schema, setting=setting
+        )
+    )
+
+
+def render_hide_activity_sql(role: str) -> str:
+    """The SQL of ``op.hide_tenant_activity`` (run it as a superuser)."""
+    return render_sql(seal_sql.activity_statements(ddl.validate_role_name(role), hidden=True))

@@ -34,7 +34,8 @@ def _print(render: Callable[[], str]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``sql`` command group (``enable``, ``disable``, ``role``, ``grant``, ``revoke-temporary``)."""
+    """Add the ``sql`` command group (``enable``, ``disable``, ``role``, ``grant``, ``revoke-temporary``,
+    and for sealing ``seal-schema``, ``seal``, ``hide-activity``)."""
     sql_app = typer.Typer(help="Print the SQL of pgtenancy's migration operations.", no_args_is_help=True)
 
     @sql_app.command()
@@ -84,5 +85,31 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """SQL taking TEMPORARY on the current database from ROLE and PUBLIC (temp tables escape RLS)."""
         _print(lambda: sqlgen.render_revoke_temporary_sql(role))
+
+    @sql_app.command("seal-schema")
+    def seal_schema(
+        schema: Annotated[str, typer.Option("--schema", help="the seal schema")] = "pgtenancy_seal",
+        setting: Setting = DEFAULT_SETTING,
+    ) -> None:
+        """SQL creating the seal's verifier, key table and add_key (see docs/security.md)."""
+        _print(lambda: sqlgen.render_seal_schema_sql(schema, setting))
+
+    @sql_app.command()
+    def seal(
+        table: Table,
+        column: Column = "tenant_id",
+        schema: Schema = None,
+        key_type: KeyType = "uuid",
+        unseal: Annotated[bool, typer.Option("--unseal", help="back to the plain policy")] = False,
+    ) -> None:
+        """SQL switching an isolated TABLE's policy to the sealed form (or back, with --unseal)."""
+        _print(lambda: sqlgen.render_seal_sql(table, column, schema, key_type, sealed=not unseal))
+
+    @sql_app.command("hide-activity")
+    def hide_activity(
+        role: Annotated[str, typer.Option("--role", "-r", help="the application's role")],
+    ) -> None:
+        """SQL keeping ROLE's statements (and seals) out of pg_stat_activity and pg_stat_statements."""
+        _print(lambda: sqlgen.render_hide_activity_sql(role))
 
     app.add_typer(sql_app, name="sql")
