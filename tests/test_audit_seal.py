@@ -289,7 +289,10 @@ def test_declared_sealing_names_an_unsealed_table_and_the_probe_confirms_it(seal
     report = seal_box.audit(sealed=True)
     unsealed = [f for f in report.findings if f.rule == "PGT052"]
     assert [f.object for f in unsealed] == ["table " + seal_box.schema + ".plain"]
-    assert "op.seal_tenant_isolation('plain')" in (unsealed[0].fix or "")
+    expected = (
+        f"op.seal_tenant_isolation('plain', schema='{seal_box.schema}', seal_schema='{seal_box.schema}_seal')"
+    )
+    assert expected in (unsealed[0].fix or "")  # the call that seals this very table
     confirmed = [f.object for f in report.findings if f.rule == "PGT108" and f.confirmed]
     assert confirmed == ["table " + seal_box.schema + ".plain"]
     assert report.summary["sealed"] is True

@@ -225,8 +225,18 @@ def _seal_fix(snapshot: Snapshot, table: Relation) -> str:
     value = seal_sql.verifier_name(schema) + "()::" + (column.type if column else "uuid")
     predicate = f"{_preparer.quote(table.tenant_column or 'tenant_id')} = (SELECT {value})"
     target = _preparer.quote_schema(table.schema) + "." + _preparer.quote(table.name)
+    arguments = [repr(table.name)]
+    if table.tenant_column and table.tenant_column != "tenant_id":
+        arguments.append(repr(table.tenant_column))
+    if table.schema != "public":
+        arguments.append(f"schema={table.schema!r}")
+    key_type = {"bigint": "int", "integer": "int", "text": "str"}.get(column.type if column else "uuid")
+    if key_type:
+        arguments.append(f"key_type={key_type!r}")
+    if schema != seal_sql.DEFAULT_SEAL_SCHEMA:
+        arguments.append(f"seal_schema={schema!r}")
     return (
-        f"op.seal_tenant_isolation({table.name!r}) in a migration "
+        f"op.seal_tenant_isolation({', '.join(arguments)}) in a migration "
         f"(ALTER POLICY pgtenancy_tenant_isolation ON {target} USING ({predicate}) WITH CHECK ({predicate});)"
     )
 
