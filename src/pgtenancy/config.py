@@ -14,6 +14,7 @@ __all__ = [
     "KeyType",
     "TenantId",
     "sql_type_name",
+    "validate_env_name",
     "validate_key_type",
     "validate_setting_name",
     "validate_tenant_id",
@@ -31,6 +32,7 @@ _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 _INT_RE = re.compile(r"-?[0-9]{1,19}")
 _STR_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 _BIGINT = (-(2**63), 2**63 - 1)
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def validate_key_type(key_type: str) -> KeyType:
@@ -43,6 +45,13 @@ def validate_key_type(key_type: str) -> KeyType:
 def sql_type_name(key_type: str) -> str:
     """The PostgreSQL type a tenant column of ``key_type`` has (and a policy casts the setting to)."""
     return _SQL_TYPES[validate_key_type(key_type)]
+
+
+def validate_env_name(name: object, parameter: str) -> str:
+    """``name`` if it can name an environment variable, else a ``ConfigurationError`` naming ``parameter``."""
+    if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
+        raise ConfigurationError(f"{parameter} must name an environment variable, not {name!r}")
+    return name
 
 
 def validate_setting_name(setting: str) -> str:

@@ -27,8 +27,8 @@ __all__ = [
     "DEFAULT_SEAL_SETTING",
     "Seal",
     "Signer",
-    "decode_key",
     "hmac_pads",
+    "key_from_env",
     "seal_value",
     "seal_value_from_pads",
     "signer",
@@ -49,15 +49,21 @@ def validate_key_id(key_id: object) -> str:
     return key_id
 
 
-def decode_key(text: str, source: str) -> bytes:
-    """The key written as hex in ``text`` (from ``source``, named in errors), at least 32 bytes long."""
+def key_from_env(variable: str, who: str) -> bytes:
+    """The key written as hex in environment variable ``variable``, at least 32 bytes long.
+
+    :param who: what reads it, named in the error when the variable is unset.
+    """
+    text = os.environ.get(variable)
+    if not text:
+        raise ConfigurationError(f"{who}: set the environment variable {variable} to the seal key (hex)")
     try:
         key = bytes.fromhex(text.strip())
     except ValueError:
-        raise ConfigurationError(f"the seal key in {source} is not hexadecimal") from None
+        raise ConfigurationError(f"the seal key in ${variable} is not hexadecimal") from None
     if len(key) < _MIN_KEY_BYTES:
         raise ConfigurationError(
-            f"the seal key in {source} has {len(key)} bytes; use at least {_MIN_KEY_BYTES} "
+            f"the seal key in ${variable} has {len(key)} bytes; use at least {_MIN_KEY_BYTES} "
             "(python -c 'import secrets; print(secrets.token_hex(32))')"
         )
     return key
@@ -114,10 +120,7 @@ class Seal:
     @classmethod
     def from_env(cls, variable: str = DEFAULT_KEY_ENV, *, key_id: str = "1", lifetime: int = 60) -> Seal:
         """A seal whose key is the hex value of environment variable ``variable``, read now."""
-        text = os.environ.get(variable)
-        if not text:
-            raise ConfigurationError(f"set the environment variable {variable} to the seal key (hex)")
-        return cls(decode_key(text, f"${variable}"), key_id=key_id, lifetime=lifetime)
+        return cls(key_from_env(variable, "Seal.from_env"), key_id=key_id, lifetime=lifetime)
 
     def current_key(self) -> bytes:
         """The key to sign with now (a callable key is called each time)."""

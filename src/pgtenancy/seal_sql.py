@@ -21,16 +21,17 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import DDLElement
 from sqlalchemy.sql.compiler import DDLCompiler
 
-from pgtenancy.config import DEFAULT_SETTING, sql_type_name, validate_setting_name
+from pgtenancy.config import DEFAULT_SETTING, sql_type_name, validate_env_name, validate_setting_name
 from pgtenancy.ddl import POLICY_NAME, validate_identifier
 from pgtenancy.predicate import tenant_predicate_sql
-from pgtenancy.seal import DEFAULT_SEAL_SETTING, validate_key_id
+from pgtenancy.seal import DEFAULT_KEY_ENV, DEFAULT_SEAL_SETTING, validate_key_id
 
 __all__ = [
     "DEFAULT_SEAL_SCHEMA",
     "VERIFIER",
     "SealStatement",
     "activity_statements",
+    "add_key_note",
     "add_key_sql",
     "create_seal_statements",
     "drop_seal_statements",
@@ -182,6 +183,15 @@ def drop_seal_statements(schema: str = DEFAULT_SEAL_SCHEMA) -> list[DDLElement]:
 def add_key_sql(schema: str = DEFAULT_SEAL_SCHEMA) -> str:
     """``SELECT <schema>.add_key(:key_id, :secret)``: run with bound parameters, never with the key inline."""
     return f"SELECT {_schema(schema)}.add_key(:key_id, :secret)"
+
+
+def add_key_note(schema: str = DEFAULT_SEAL_SCHEMA, key_id: str = "1", key_env: str = DEFAULT_KEY_ENV) -> str:
+    """SQL comment lines saying how to add a key in psql without writing it into a script or a file."""
+    key = _literal(validate_key_id(key_id))
+    return (
+        f"--   \\set seal_key `printenv {validate_env_name(key_env, 'key_env')}`\n"
+        f"--   SELECT {_schema(schema)}.add_key({key}, decode(:'seal_key', 'hex'));\n"
+    )
 
 
 def remove_key_statements(key_id: str, schema: str = DEFAULT_SEAL_SCHEMA) -> list[DDLElement]:

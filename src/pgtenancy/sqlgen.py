@@ -85,11 +85,11 @@ def render_seal_schema_sql(
     seal_setting: str = DEFAULT_SEAL_SETTING,
 ) -> str:
     """The SQL of ``op.create_tenant_seal``, and how to add a key without writing it into a file."""
-    quoted = seal_sql.quoted_schema(schema)
-    return render_sql(seal_sql.create_seal_statements(schema, setting=setting, seal_setting=seal_setting)) + (
-        "-- add a key (hex, 32 bytes or more) without writing it into a file, e.g. in psql:\n"
-        "--   \\set seal_key `printenv PGTENANCY_SEAL_KEY`\n"
-        f"--   SELECT {quoted}.add_key('1', decode(:'seal_key', 'hex'));\n"
+    statements = seal_sql.create_seal_statements(schema, setting=setting, seal_setting=seal_setting)
+    return (
+        render_sql(statements)
+        + "-- add a key (hex, 32 bytes or more) without writing it into a file, e.g. in psql:\n"
+        + seal_sql.add_key_note(schema)
     )
 
 

@@ -7,7 +7,6 @@ a revision, in ``pgtenancy.alembic.render``.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,7 @@ from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import TextClause
 
 from pgtenancy import citus, ddl
-from pgtenancy.config import DEFAULT_SETTING, validate_key_type, validate_setting_name
+from pgtenancy.config import DEFAULT_SETTING, validate_env_name, validate_key_type, validate_setting_name
 from pgtenancy.errors import ConfigurationError
 
 __all__ = [
@@ -139,18 +138,13 @@ class DisableTenantIsolationOp(MigrateOperation):
         return ("disable_tenant_isolation", self.spec.schema, self.spec.table, self.spec.column)
 
 
-_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
 def _password_env(name: str | None, password: str | None) -> str | None:
     """``name`` if it is a usable environment variable name and no literal password competes with it."""
     if name is None:
         return None
     if password is not None:
         raise ConfigurationError("give a role password= or password_env=, not both")
-    if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
-        raise ConfigurationError(f"password_env must name an environment variable, not {name!r}")
-    return name
+    return validate_env_name(name, "password_env")
 
 
 @Operations.register_operation("create_tenant_role")

@@ -9,7 +9,6 @@ migration runs and sent as a bound parameter; offline (``--sql``) scripts never 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from alembic.operations import MigrateOperation, Operations
@@ -17,10 +16,11 @@ from sqlalchemy import Connection, text
 
 from pgtenancy import citus, ddl, seal_sql
 from pgtenancy.alembic.ops import IsolationSpec
+from pgtenancy.alembic.toimpl import online_connection, run_statements
 from pgtenancy.catalog import SchemaMismatchError, table_policies
-from pgtenancy.config import DEFAULT_SETTING
+from pgtenancy.config import DEFAULT_SETTING, validate_env_name
 from pgtenancy.errors import ConfigurationError
-from pgtenancy.seal import DEFAULT_KEY_ENV, DEFAULT_SEAL_SETTING, decode_key, validate_key_id
+from pgtenancy.seal import DEFAULT_KEY_ENV, DEFAULT_SEAL_SETTING, key_from_env, validate_key_id
 
 __all__ = [
     "AddTenantSealKeyOp",
@@ -92,7 +92,7 @@ class AddTenantSealKeyOp(MigrateOperation):
 
     def __init__(self, key_id: str, *, key_env: str = DEFAULT_KEY_ENV, schema: str = _DEFAULT_SCHEMA) -> None:
         self.key_id = validate_key_id(key_id)
-        self.key_env = _env_name(key_env)
+        self.key_env = validate_env_name(key_env, "key_env")
         seal_sql.add_key_sql(schema)  # validates the schema name
         self.schema = schema
 
@@ -236,60 +236,37 @@ _CITUS_REFUSAL = (
 )
 
 
-def _env_name(name: str) -> str:
-    if not isinstance(name, str) or not name.replace("_", "a").isalnum() or name[0].isdigit():
-        raise ConfigurationError(f"key_env must name an environment variable, not {name!r}")
-    return name
-
-
-def _online(operations: Operations) -> Connection | None:
-    return None if operations.migration_context.as_sql else operations.get_bind()
-
-
-def _run(operations: Operations, statements: list[Any]) -> None:
-    for statement in statements:
-        operations.execute(statement)
-
-
 @Operations.implementation_for(CreateTenantSealOp)
 def _create_seal(operations: Operations, operation: CreateTenantSealOp) -> None:
     statements = seal_sql.create_seal_statements(
         operation.schema, setting=operation.setting, seal_setting=operation.seal_setting
     )
-    _run(operations, statements)
+    run_statements(operations, statements)
 
 
 @Operations.implementation_for(DropTenantSealOp)
 def _drop_seal(operations: Operations, operation: DropTenantSealOp) -> None:
-    _run(operations, seal_sql.drop_seal_statements(operation.schema))
+    run_statements(operations, seal_sql.drop_seal_statements(operation.schema))
 
 
 @Operations.implementation_for(AddTenantSealKeyOp)
 def _add_key(operations: Operations, operation: AddTenantSealKeyOp) -> None:
-    conn = _online(operations)
+    conn = online_connection(operations)
     if conn is None:  # offline: the script never holds a key
         schema = seal_sql.quoted_schema(operation.schema)
         operations.migration_context.impl.static_output(
             f"-- pgtenancy: this script adds no seal key (offline SQL never holds one). Add key "
             f"{operation.key_id!r} from ${operation.key_env} once {schema} exists, e.g. in psql:\n"
-            f"--   \\set seal_key `printenv {operation.key_env}`\n"
-            f"--   SELECT {schema}.add_key('{operation.key_id}', decode(:'seal_key', 'hex'));\n"
+            + seal_sql.add_key_note(operation.schema, operation.key_id, operation.key_env)
         )
         return
-    source = f"${operation.key_env}"
-    value = os.environ.get(operation.key_env)
-    if not value:
-        raise ConfigurationError(
-            f"add_tenant_seal_key({operation.key_id!r}): set the environment variable {operation.key_env} "
-            "to the seal key (hex) before running the migration"
-        )
-    secret = decode_key(value, source)
+    secret = key_from_env(operation.key_env, f"add_tenant_seal_key({operation.key_id!r}) in the migration")
     conn.execute(text(seal_sql.add_key_sql(operation.schema)), {"key_id": operation.key_id, "secret": secret})
 
 
 @Operations.implementation_for(RemoveTenantSealKeyOp)
 def _remove_key(operations: Operations, operation: RemoveTenantSealKeyOp) -> None:
-    _run(operations, seal_sql.remove_key_statements(operation.key_id, operation.schema))
+    run_statements(operations, seal_sql.remove_key_statements(operation.key_id, operation.schema))
 
 
 def _check_sealable(conn: Connection, operation: SealTenantIsolationOp) -> None:
@@ -307,22 +284,22 @@ def _check_sealable(conn: Connection, operation: SealTenantIsolationOp) -> None:
 
 @Operations.implementation_for(SealTenantIsolationOp)
 def _seal(operations: Operations, operation: SealTenantIsolationOp) -> None:
-    conn = _online(operations)
+    conn = online_connection(operations)
     if conn is not None:
         _check_sealable(conn, operation)
-    _run(operations, operation.statements(sealed=True))
+    run_statements(operations, operation.statements(sealed=True))
 
 
 @Operations.implementation_for(UnsealTenantIsolationOp)
 def _unseal(operations: Operations, operation: UnsealTenantIsolationOp) -> None:
-    _run(operations, operation.statements(sealed=False))
+    run_statements(operations, operation.statements(sealed=False))
 
 
 @Operations.implementation_for(HideTenantActivityOp)
 def _hide(operations: Operations, operation: HideTenantActivityOp) -> None:
-    _run(operations, seal_sql.activity_statements(operation.role, hidden=True))
+    run_statements(operations, seal_sql.activity_statements(operation.role, hidden=True))
 
 
 @Operations.implementation_for(ShowTenantActivityOp)
 def _show(operations: Operations, operation: ShowTenantActivityOp) -> None:
-    _run(operations, seal_sql.activity_statements(operation.role, hidden=False))
+    run_statements(operations, seal_sql.activity_statements(operation.role, hidden=False))

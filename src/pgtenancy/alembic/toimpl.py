@@ -37,7 +37,7 @@ from pgtenancy.catalog import SchemaMismatchError, column_type, role_info, table
 from pgtenancy.config import sql_type_name
 from pgtenancy.errors import ConfigurationError
 
-__all__ = ["check_tenant_table"]
+__all__ = ["check_tenant_table", "online_connection", "run_statements"]
 
 # The column types a policy comparing with the setting cast to each key type's SQL type can use.
 _COLUMN_TYPES = {
@@ -77,12 +77,13 @@ def _check_role_exists(conn: Connection, role: str) -> None:
         raise SchemaMismatchError(f"role {role!r} does not exist: create it first (op.create_tenant_role)")
 
 
-def _run(operations: Operations, statements: list[Any]) -> None:
+def run_statements(operations: Operations, statements: list[Any]) -> None:
+    """Execute each statement through Alembic (online, or written to the offline script)."""
     for statement in statements:
         operations.execute(statement)
 
 
-def _online(operations: Operations) -> Connection | None:
+def online_connection(operations: Operations) -> Connection | None:
     """The connection to check the catalog with, or ``None`` in offline ``--sql`` mode."""
     return None if operations.migration_context.as_sql else operations.get_bind()
 
@@ -104,27 +105,27 @@ def _compile_literal(element: _LiteralStatement, compiler: DDLCompiler, **kw: An
 @Operations.implementation_for(EnableTenantIsolationOp)
 def _enable(operations: Operations, operation: EnableTenantIsolationOp) -> None:
     spec = operation.spec
-    conn = _online(operations)
+    conn = online_connection(operations)
     if conn is not None:
         check_tenant_table(conn, spec)
         if not spec.citus and citus.citus_version(conn) is not None:
             spec = replace(spec, citus=True)  # Citus refuses the (SELECT ...) policy on its tables
-    _run(operations, ddl.enable_statements(spec.table, **spec.options()))
+    run_statements(operations, ddl.enable_statements(spec.table, **spec.options()))
 
 
 @Operations.implementation_for(DisableTenantIsolationOp)
 def _disable(operations: Operations, operation: DisableTenantIsolationOp) -> None:
-    conn = _online(operations)
+    conn = online_connection(operations)
     if conn is not None:
         _check_table_exists(conn, operation.spec.table, operation.spec.schema)
-    _run(operations, ddl.disable_statements(operation.spec.table, **operation.spec.options()))
+    run_statements(operations, ddl.disable_statements(operation.spec.table, **operation.spec.options()))
 
 
 @Operations.implementation_for(CreateTenantRoleOp)
 def _create_role(operations: Operations, operation: CreateTenantRoleOp) -> None:
-    conn = _online(operations)
+    conn = online_connection(operations)
     if conn is None:  # offline: the script is a file people read, keep and share; it never holds a secret
-        _run(operations, ddl.create_role_statements(operation.name, login=operation.login))
+        run_statements(operations, ddl.create_role_statements(operation.name, login=operation.login))
         if operation.password is not None or operation.password_env is not None:
             operations.migration_context.impl.static_output(_password_note(operations, operation))
         return
@@ -135,7 +136,9 @@ def _create_role(operations: Operations, operation: CreateTenantRoleOp) -> None:
             f"role {operation.name!r} exists and is a superuser or has BYPASSRLS: row level security "
             "would not bind it; choose another name"
         )
-    _run(operations, ddl.create_role_statements(operation.name, login=operation.login, password=password))
+    run_statements(
+        operations, ddl.create_role_statements(operation.name, login=operation.login, password=password)
+    )
 
 
 def _env_password(variable: str) -> str:
@@ -162,38 +165,38 @@ def _password_note(operations: Operations, operation: CreateTenantRoleOp) -> str
 
 @Operations.implementation_for(DropTenantRoleOp)
 def _drop_role(operations: Operations, operation: DropTenantRoleOp) -> None:
-    _run(operations, ddl.drop_role_statements(operation.name))
+    run_statements(operations, ddl.drop_role_statements(operation.name))
 
 
 @Operations.implementation_for(GrantTenantAccessOp)
 def _grant(operations: Operations, operation: GrantTenantAccessOp) -> None:
-    conn = _online(operations)
+    conn = online_connection(operations)
     if conn is not None:
         _check_table_exists(conn, operation.table, operation.schema)
         _check_role_exists(conn, operation.role)
-    _run(operations, ddl.grant_statements(operation.role, operation.table, operation.schema))
+    run_statements(operations, ddl.grant_statements(operation.role, operation.table, operation.schema))
 
 
 @Operations.implementation_for(RevokeTenantAccessOp)
 def _revoke(operations: Operations, operation: RevokeTenantAccessOp) -> None:
-    conn = _online(operations)
+    conn = online_connection(operations)
     if conn is not None:
         _check_table_exists(conn, operation.table, operation.schema)
         _check_role_exists(conn, operation.role)
-    _run(operations, ddl.revoke_statements(operation.role, operation.table, operation.schema))
+    run_statements(operations, ddl.revoke_statements(operation.role, operation.table, operation.schema))
 
 
 @Operations.implementation_for(RevokeTemporaryTablesOp)
 def _revoke_temporary(operations: Operations, operation: RevokeTemporaryTablesOp) -> None:
-    conn = _online(operations)
+    conn = online_connection(operations)
     if conn is not None:
         _check_role_exists(conn, operation.role)
-    _run(operations, ddl.temporary_statements(operation.role, allow=False))
+    run_statements(operations, ddl.temporary_statements(operation.role, allow=False))
 
 
 @Operations.implementation_for(GrantTemporaryTablesOp)
 def _grant_temporary(operations: Operations, operation: GrantTemporaryTablesOp) -> None:
-    _run(operations, ddl.temporary_statements(operation.role, allow=True))
+    run_statements(operations, ddl.temporary_statements(operation.role, allow=True))
 
 
 def _check_citus_table(conn: Connection, table: str, column: str | None, schema: str | None) -> None:
@@ -218,7 +221,7 @@ def _check_no_subquery_policy(conn: Connection, table: str, schema: str | None) 
 
 @Operations.implementation_for(DistributeTenantTableOp)
 def _distribute(operations: Operations, operation: DistributeTenantTableOp) -> None:
-    conn = _online(operations)
+    conn = online_connection(operations)
     if conn is None:
         operations.execute(_LiteralStatement(operation.statement()))
         return
@@ -235,7 +238,7 @@ def _distribute(operations: Operations, operation: DistributeTenantTableOp) -> N
 
 @Operations.implementation_for(CreateReferenceTableOp)
 def _create_reference(operations: Operations, operation: CreateReferenceTableOp) -> None:
-    conn = _online(operations)
+    conn = online_connection(operations)
     if conn is None:
         operations.execute(_LiteralStatement(operation.statement()))
         return
@@ -245,7 +248,7 @@ def _create_reference(operations: Operations, operation: CreateReferenceTableOp)
 
 @Operations.implementation_for(UndistributeTableOp)
 def _undistribute(operations: Operations, operation: UndistributeTableOp) -> None:
-    conn = _online(operations)
+    conn = online_connection(operations)
     if conn is None:
         operations.execute(_LiteralStatement(operation.statement()))
         return
