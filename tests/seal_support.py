@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import pytest
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.pool import NullPool
 
 import pgtenancy.alembic  # noqa: F401 (registers the operations)
@@ -19,6 +19,16 @@ from pgtenancy.testing.database import clone_database, create_roles, create_temp
 
 KEY_ENV = "PGTENANCY_TEST_SEAL_KEY"
 DOCS = "CREATE TABLE docs (tenant_id uuid NOT NULL, body text)"
+_ROLE_SETTINGS = text(
+    "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+    "WHERE s.setdatabase = 0 AND r.rolname = :role"
+)
+
+
+def role_settings(conn: Connection, role: str) -> list[str] | None:
+    """The settings ``ALTER ROLE role SET`` stored for every database, or None when there are none."""
+    settings: list[str] | None = conn.execute(_ROLE_SETTINGS, {"role": role}).scalar()
+    return settings
 
 
 def seal_table(

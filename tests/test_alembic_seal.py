@@ -32,6 +32,7 @@ from pgtenancy.errors import ConfigurationError
 from pgtenancy.example.models import metadata
 from pgtenancy.testing import TestDatabase, TestRoles, TestServer
 from tests.alembic_support import alembic_config, empty_database, run_sql_script
+from tests.seal_support import role_settings
 
 KEY = secrets.token_bytes(32)
 KEY_ENV = "PGTENANCY_TEST_SEAL_KEY"
@@ -182,25 +183,10 @@ def test_hiding_activity_sets_the_role_and_showing_resets_it(
             conn.exec_driver_sql(f"CREATE ROLE {role}")
             op = operations(conn)
             op.hide_tenant_activity(role)
-            settings = conn.execute(
-                text(
-                    "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
-                    "WHERE r.rolname = :role"
-                ),
-                {"role": role},
-            ).scalar()
+            settings = role_settings(conn, role)
             assert settings == ["track_activities=off", "pg_stat_statements.track_utility=off"]
             op.show_tenant_activity(role)
-            assert (
-                conn.execute(
-                    text(
-                        "SELECT count(*) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
-                        "WHERE r.rolname = :role"
-                    ),
-                    {"role": role},
-                ).scalar()
-                == 0
-            )
+            assert role_settings(conn, role) is None  # no setting row left for the role
             conn.exec_driver_sql(f"DROP ROLE {role}")
     finally:
         engine.dispose()

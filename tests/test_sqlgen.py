@@ -29,6 +29,7 @@ from pgtenancy.cli.sql import register
 from pgtenancy.ddl import temporary_statements
 from pgtenancy.sqlgen import render_enable_sql, render_grant_sql, render_sql
 from pgtenancy.testing import TestDatabase
+from tests.seal_support import role_settings
 
 
 def test_rendered_sql_is_what_the_offline_migration_writes():
@@ -183,12 +184,6 @@ def test_printed_hide_activity_sql(pgtenancy_database: TestDatabase, role: str):
     run_sql_command(admin, "hide-activity", "--role", role)
     engine = create_engine(admin, poolclass=NullPool)
     with engine.connect() as conn:
-        settings = conn.execute(
-            text(
-                "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
-                "WHERE r.rolname = :role"
-            ),
-            {"role": role},
-        ).scalar()
+        settings = role_settings(conn, role)
     engine.dispose()
     assert settings == ["track_activities=off", "pg_stat_statements.track_utility=off"]
