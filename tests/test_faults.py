@@ -35,11 +35,11 @@ def fail_next_apply(engine, monkeypatch):
     resolve, failures = instrumentation.resolve, [1]
 
     def failing(binding):
-        value, sql = resolve(binding)
+        value, sql, kind = resolve(binding)
         if failures:
             failures.pop()
-            return value, "SELECT 1/0"
-        return value, sql
+            return value, "SELECT 1/0", kind
+        return value, sql, kind
 
     monkeypatch.setattr(instrumentation, "resolve", failing)
 

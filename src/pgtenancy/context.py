@@ -113,7 +113,7 @@ def _exited_elsewhere() -> RuntimeError:
     )
 
 
-_new: Final = object.__new__
+_PLAIN_IDS: Final = frozenset({str, int, uuid.UUID})  # one set lookup for the common case; subclasses checked
 
 
 def tenant_context(tenant_id: TenantId, *, key_type: str | None = None) -> Binding:
@@ -125,19 +125,21 @@ def tenant_context(tenant_id: TenantId, *, key_type: str | None = None) -> Bindi
     """
     if key_type is not None:
         tenant_id = validate_tenant_id(tenant_id, key_type)
-    elif isinstance(tenant_id, bool) or not isinstance(tenant_id, (str, int, uuid.UUID)):
+    elif type(tenant_id) not in _PLAIN_IDS and (
+        isinstance(tenant_id, bool) or not isinstance(tenant_id, (str, int, uuid.UUID))
+    ):
         raise InvalidTenantError(
             f"a tenant id must be a str, int or UUID, not {type(tenant_id).__name__}; "
             "use without_tenant() for work on behalf of no tenant"
         )
-    binder = _new(Binding)  # built here rather than by an __init__: one frame less per request
+    binder = Binding()  # no __init__: filled in here, one frame less per request
     binder._value, binder._token = tenant_id, None
     return binder
 
 
 def without_tenant() -> Binding:
     """Run the enclosed block on behalf of no tenant: RLS then returns no rows and rejects writes."""
-    binder = _new(Binding)
+    binder = Binding()
     binder._value, binder._token = NO_TENANT, None
     return binder
 
@@ -145,6 +147,6 @@ def without_tenant() -> Binding:
 def unbound() -> Binding:
     """Run the enclosed block with nothing bound, as outside any request: tasks started in it (and the
     statements they send) inherit no tenant. For long-lived work started from inside a request."""
-    binder = _new(Binding)
+    binder = Binding()
     binder._value, binder._token = None, None
     return binder

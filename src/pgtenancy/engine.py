@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 import threading
 import time
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
@@ -21,6 +21,7 @@ from pgtenancy.context import NO_TENANT, current_binding
 from pgtenancy.drivers import (
     Adapter,
     ConnectionState,
+    Resolution,
     adapter_for,
     set_config_renderer,
     set_local_renderer,
@@ -64,6 +65,7 @@ _VERIFIED: Final = (
 )
 _APPLYING: Final = "pgtenancy.applying"  # connection-info key: the tenant's own statement is being sent
 _VETTED_MAX: Final = 4096  # statement texts whose verdict an engine remembers
+_RESOLVED_MAX: Final = 4096  # bindings whose value and SQL an engine remembers
 _BACKEND_SQL: Final = "SELECT pg_catalog.pg_backend_pid(), extract(epoch FROM pg_catalog.clock_timestamp())"
 _instrumented: weakref.WeakKeyDictionary[Engine, _Listeners] = weakref.WeakKeyDictionary()
 
@@ -224,8 +226,9 @@ class _Listeners:
         self._seal_sql = None if config.seal is None else set_local_renderer(dialect, config.seal.setting)
         self._listeners: tuple[tuple[str, Any, bool], ...] = ()
         self._vetted: dict[str, Verdict] = {}
-        # validated value and the SQL applying it per bound id; typed, so True never passes for 1
-        self.resolve = functools.lru_cache(maxsize=4096, typed=True)(self._value_and_sql)
+        self._resolved: dict[object, Resolution] = {}
+        # hot paths read the cache in C, then check the binding's type
+        self.resolved: Callable[[object], Resolution | None] = self._resolved.get
 
     @staticmethod
     def _renderer(mode: Mode) -> Any:
@@ -245,11 +248,13 @@ class _Listeners:
             if event.contains(engine, name, listener):
                 event.remove(engine, name, listener)
 
-    def _value_and_sql(self, binding: object) -> tuple[str, str]:
-        """The value for ``binding`` (``''`` for no tenant, else the validated id) and the SQL applying it.
-
-        Called through ``resolve``, its cache; errors are raised, never cached.
-        """
+    def resolve(self, binding: object) -> Resolution:
+        """The value for ``binding`` (``''`` for no tenant, else the validated id), the SQL applying it and
+        the binding's type: cached per binding and type (so ``True`` never passes for ``1``); errors are
+        raised, never cached."""
+        resolution = self._resolved.get(binding)
+        if resolution is not None and resolution[2] is type(binding):
+            return resolution
         if binding is None and self.config.on_missing == "raise":
             raise NoTenantError(_no_tenant_advice())
         value = (
@@ -257,9 +262,12 @@ class _Listeners:
             if binding is None or binding is NO_TENANT
             else validate_tenant_id(binding, self.config.key_type)
         )
-        return value, self._apply_sql(value)
+        if len(self._resolved) >= _RESOLVED_MAX:
+            self._resolved.clear()
+        resolution = self._resolved[binding] = (value, self._apply_sql(value), type(binding))
+        return resolution
 
-    def _verdict(self, statement: str, args: tuple[Any, ...]) -> Verdict:
+    def _verdict(self, statement: str, parameters: object) -> Verdict:
         """Refuse a statement that re-points the setting or ends the transaction; else its verdict."""
         verdict = self._vetted.get(statement)
         if verdict is None:
@@ -269,7 +277,7 @@ class _Listeners:
             self._vetted[statement] = verdict
         if verdict.refusal is not None:
             raise refuse(verdict)
-        if verdict.set_config and len(args) > 1 and names_setting(args[0], self.config.setting):
+        if verdict.set_config and names_setting(parameters, self.config.setting):
             raise UnsafeStatementError(
                 f"refused before it was sent: set_config is given the tenant setting {self.config.setting!r} "
                 "as a parameter; pgtenancy alone sets it, at BEGIN"
@@ -317,8 +325,7 @@ class _DriverLevel(_Listeners):
     event-dispatching path for every statement, measured at ~1 % of a point select.
     """
 
-    _CHECKED: Final = ("do_execute", "do_execute_no_params", "do_executemany")
-    _OVERRIDDEN: Final = ("connect", *_CHECKED)
+    _OVERRIDDEN: Final = ("connect", "do_execute", "do_execute_no_params", "do_executemany")
 
     def __init__(self, config: TenancyConfig, dialect: Dialect, adapter: Adapter) -> None:
         super().__init__(config, dialect)
@@ -338,8 +345,9 @@ class _DriverLevel(_Listeners):
             return adapter.connect(dialect, connect, cargs, cparams)
 
         vars(dialect)["connect"] = make_connection
-        for name in self._CHECKED:
-            vars(dialect)[name] = self._checked(getattr(dialect, name))
+        vars(dialect)["do_execute"] = self._checked(dialect.do_execute)
+        vars(dialect)["do_executemany"] = self._checked(dialect.do_executemany)
+        vars(dialect)["do_execute_no_params"] = self._checked_no_params(dialect.do_execute_no_params)
         return super().install(engine)
 
     def remove(self, engine: Engine) -> None:
@@ -390,32 +398,47 @@ class _DriverLevel(_Listeners):
         return signer(seal, pid, float(server_time) - (sent + received) / 2, render)
 
     def _checked(self, run: Any) -> Any:
-        """``run`` (a dialect's ``do_execute*``), reading the statement and the binding first; the driver
-        adapter then checks the statement as it is sent. A closure: what it reads per statement is local."""
-        state_of, vetted, resolve, verdict_of = self._state_of, self._vetted, self.resolve, self._verdict
+        """``run`` (a dialect's ``do_execute`` or ``do_executemany``), reading the statement and the binding
+        first; the driver adapter then checks the statement as it is sent. A closure with ``run``'s own
+        signature: what it reads per statement is local, and no argument tuple is built per call."""
+        state_of, vetted, verdict_of = self._state_of, self._vetted, self._verdict
+        resolved, resolve = self.resolved, self.resolve
         isolation, autocommit, arm_late = self._isolation, self._autocommit, self._arm_late
 
-        def checked(cursor: Any, statement: str, *args: Any) -> None:
+        def checked(cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
             try:
                 state = state_of(cursor)
             except AttributeError:  # a driver connection made before instrument()
                 state = None
             if state is None or state.tenancy is not self:
-                state = arm_late(args[-1])  # args end with the execution context
+                state = arm_late(context)
             if state.ready:
                 verdict = vetted.get(statement)
                 if verdict is not CLEAN:
-                    verdict = verdict_of(statement, args)
-                value = resolve(current_binding())[0]  # NoTenantError, InvalidTenantError: nothing is sent
+                    verdict = verdict_of(statement, parameters)
+                binding = current_binding()
+                resolution = resolved(binding)
+                if resolution is None or resolution[2] is not type(binding):
+                    resolution = resolve(binding)  # NoTenantError, InvalidTenantError: nothing is sent
+                value = resolution[0]
                 if state.signer is not None and value:
                     state.signer(value)  # a key that cannot be read: nothing is sent (BEGIN reuses the seal)
                 if verdict is not CLEAN and verdict.session_state:
                     state.mark_dirty(value)
                 if isolation(cursor) == autocommit:
                     raise _autocommit_error()
-            run(cursor, statement, *args)
+            run(cursor, statement, parameters, context)
 
         return checked
+
+    def _checked_no_params(self, run: Any) -> Any:
+        """``_checked`` for the dialect's ``do_execute_no_params``, whose statements have no parameters."""
+        checked = self._checked(lambda cursor, statement, _, context: run(cursor, statement, context))
+
+        def checked_no_params(cursor: Any, statement: str, context: Any = None) -> None:
+            checked(cursor, statement, None, context)
+
+        return checked_no_params
 
     def _arm_late(self, context: Any) -> ConnectionState:
         """Govern a connection made before ``instrument()`` (or under another instrumentation) from now on."""
@@ -466,7 +489,7 @@ class _EventLevel(_Listeners):
         info = conn.info
         info.pop(_APPLIED, None)
         binding = current_binding()
-        value, apply = self.resolve(binding)
+        value, apply, _ = self.resolve(binding)
         if getattr(conn.connection.dbapi_connection, "autocommit", False):
             raise _autocommit_error()
         info[_APPLYING] = True  # pgtenancy's own statements: the role check and applying the tenant
@@ -494,7 +517,7 @@ class _EventLevel(_Listeners):
                 "this transaction carries no tenant (applying it failed, or it was not begun by SQLAlchemy); "
                 "roll it back and begin a new one"
             )
-        self._verdict(statement, (parameters, None))
+        self._verdict(statement, parameters)
         binding = current_binding()
         if binding is not applied[0] and self.resolve(binding)[0] != applied[1]:
             raise TenantSwitchError(

@@ -31,7 +31,7 @@ PRIVATE_NAMES: Final = (
     "sqlalchemy.orm.identity._WeakInstanceDict (2.0: WeakInstanceDict)",
     "sqlalchemy.orm.Session._expunge_states",
 )
-Resolver = Callable[[object], tuple[str, str]]
+Resolver = Callable[[object], tuple[str, str, type]]
 _resolvers: weakref.WeakKeyDictionary[Engine, Resolver] = weakref.WeakKeyDictionary()
 
 

@@ -16,13 +16,14 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Dialect, String
 from sqlalchemy.types import TypeEngine
 
-from pgtenancy.drivers.state import Applied, ConnectionState, Tenancy
+from pgtenancy.drivers.state import Applied, ConnectionState, Resolution, Tenancy
 from pgtenancy.errors import ConfigurationError
 
 __all__ = [
     "Adapter",
     "Applied",
     "ConnectionState",
+    "Resolution",
     "Tenancy",
     "adapter_for",
     "set_config_renderer",

@@ -206,7 +206,10 @@ class _Hooks:
         state = self._pgtenancy
         if state is None or args or kwargs:
             return self._base_execute(query, *args, **kwargs)
-        if query.startswith("BEGIN"):
+        if query in _ENDS:
+            state.applied = None
+            return self._base_execute(query)
+        if query[:5] == "BEGIN":  # not str.startswith: it parses a tuple of arguments per call
             reset, apply, seal = state.begin()
             if seal is not None:
                 apply = f"{apply}; {seal}"
@@ -215,8 +218,6 @@ class _Hooks:
             if apply is None:
                 return self._base_execute(query)
             return self._base_execute(query + " " + apply)
-        if query in _ENDS:
-            state.applied = None
         return self._base_execute(query)
 
     async def _in_steps(

@@ -14,7 +14,7 @@ from typing import Final, NamedTuple, Protocol
 from pgtenancy.context import current_binding
 from pgtenancy.errors import NoTenantError, TenancyError, TenantSwitchError
 
-__all__ = ["RESET_SESSION", "Applied", "ConnectionState", "Tenancy"]
+__all__ = ["RESET_SESSION", "Applied", "ConnectionState", "Resolution", "Tenancy"]
 
 RESET_SESSION: Final = (
     "CLOSE ALL",
@@ -26,14 +26,19 @@ RESET_SESSION: Final = (
 """Drops what a session keeps between transactions, short of the driver's own prepared statements."""
 
 
+Resolution = tuple[str, str, type]
+"""A binding's canonical value, the SQL applying it, and the binding's type (the cache is keyed by both)."""
+
+
 class Tenancy(Protocol):
     """What a connection's state needs from the engine's instrumentation."""
 
     active: bool  # False once ``uninstrument()`` ran: the connection is no longer governed
     separate: bool  # the tenant is applied by a statement of its own after BEGIN, not in BEGIN's message
+    resolved: Callable[[object], Resolution | None]  # the cache alone: check the type of what it returns
 
-    def resolve(self, binding: object) -> tuple[str, str]:
-        """The value for ``binding`` and the SQL applying it; raises a ``TenancyError`` if it cannot apply."""
+    def resolve(self, binding: object) -> Resolution:
+        """The binding's resolution; raises a ``TenancyError`` if it cannot apply."""
         ...
 
 
@@ -73,11 +78,14 @@ class ConnectionState:
             self.applied = _UNGOVERNED
             return None, None, None
         binding = current_binding()
-        try:
-            value, apply = tenancy.resolve(binding)
-        except TenancyError as error:
-            self.applied = Applied(binding, None, error)
-            return None, None, None
+        resolution = tenancy.resolved(binding)
+        if resolution is None or resolution[2] is not type(binding):
+            try:
+                resolution = tenancy.resolve(binding)
+            except TenancyError as error:
+                self.applied = Applied(binding, None, error)
+                return None, None, None
+        value, apply, _ = resolution
         seal = None
         if self.signer is not None and value:
             try:
