@@ -37,7 +37,7 @@ from pgtenancy.errors import (
 )
 from pgtenancy.roles import verify_dbapi_role
 from pgtenancy.roles import verify_role as _verify_role
-from pgtenancy.seal import Seal, Signer, signer
+from pgtenancy.seal import Seal, Sealed, Signer, signer
 from pgtenancy.sessions import forget_engine, guard_sessions
 from pgtenancy.statements import CLEAN, Verdict, names_setting, refuse, vet
 
@@ -361,16 +361,17 @@ class _DriverLevel(_Listeners):
 
     def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
         """After SQLAlchemy's set-up: check the role (refuse and close one that bypasses RLS), then check."""
+        state = ConnectionState(self, ready=True)
         try:
             if self.config.verify_role:
                 verify_dbapi_role(dbapi_connection)
-            signer = self._signer(dbapi_connection)
+            state.signer = self._signer(dbapi_connection, state.seals)
         except TenancyError:
             dbapi_connection.close()
             raise
-        self.adapter.arm(dbapi_connection, ConnectionState(self, ready=True, signer=signer))
+        self.adapter.arm(dbapi_connection, state)
 
-    def _signer(self, dbapi_connection: Any) -> Signer | None:
+    def _signer(self, dbapi_connection: Any, seals: dict[str, Sealed]) -> Signer | None:
         """Sealing: a signer bound to the connection's backend, once the driver's word for it is confirmed.
 
         The driver learns its backend's pid when it connects; a pooler in between (PgBouncer) hands it
@@ -395,14 +396,14 @@ class _DriverLevel(_Listeners):
                 f"the server runs this session as {pid} (a pooler such as PgBouncer sits between, and its "
                 "transactions can run on backends a signature does not name)"
             )
-        return signer(seal, pid, float(server_time) - (sent + received) / 2, render)
+        return signer(seal, pid, float(server_time) - (sent + received) / 2, render, seals)
 
     def _checked(self, run: Any) -> Any:
         """``run`` (a dialect's ``do_execute`` or ``do_executemany``), reading the statement and the binding
         first; the driver adapter then checks the statement as it is sent. A closure with ``run``'s own
         signature: what it reads per statement is local, and no argument tuple is built per call."""
         state_of, vetted, verdict_of = self._state_of, self._vetted, self._verdict
-        resolved, resolve = self.resolved, self.resolve
+        resolved, resolve, now = self.resolved, self.resolve, time.time
         isolation, autocommit, arm_late = self._isolation, self._autocommit, self._arm_late
 
         def checked(cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
@@ -422,7 +423,9 @@ class _DriverLevel(_Listeners):
                     resolution = resolve(binding)  # NoTenantError, InvalidTenantError: nothing is sent
                 value = resolution[0]
                 if state.signer is not None and value:
-                    state.signer(value)  # a key that cannot be read: nothing is sent (BEGIN reuses the seal)
+                    sealed = state.seals.get(value)
+                    if sealed is None or sealed[0] <= now():
+                        state.signer(value)  # a key that cannot be read: nothing is sent (BEGIN reuses it)
                 if verdict is not CLEAN and verdict.session_state:
                     state.mark_dirty(value)
                 if isolation(cursor) == autocommit:

@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_KEY_ENV",
     "DEFAULT_SEAL_SETTING",
     "Seal",
+    "Sealed",
     "Signer",
     "hmac_pads",
     "key_from_env",
@@ -139,30 +140,36 @@ class Seal:
         return key
 
 
-Signer: TypeAlias = Callable[[str], str]
-"""One connection's signer: the statement carrying a tenant value's seal on that connection."""
+Sealed: TypeAlias = tuple[float, str]
+"""A statement carrying a tenant value's seal on one connection, and until when (this process's clock,
+``time.time()``) it is reused: half the seal's lifetime after it was signed."""
+Signer: TypeAlias = Callable[[str], Sealed]
+"""One connection's signer: seals a tenant value anew and records it in the connection's seals."""
 
 
-def signer(seal: Seal, backend_pid: int, clock_offset: float, render: Callable[[str], str]) -> Signer:
-    """A signer for one connection: seals for its backend, in the server's time, cached per tenant until
-    half their lifetime has passed. A closure, called as BEGIN is sent: no method lookup per call.
+def signer(
+    seal: Seal, backend_pid: int, clock_offset: float, render: Callable[[str], str], seals: dict[str, Sealed]
+) -> Signer:
+    """A signer for one connection: seals for its backend, in the server's time, recorded in ``seals``.
+
+    Callers read ``seals`` first and call the signer only when a value's entry is missing or stale: a
+    fresh seal costs a dictionary lookup, not a call, on the path every transaction takes.
 
     :param clock_offset: the server's clock minus this process's, measured when the connection was made.
     :param render: the statement setting the seal setting to a value.
     """
-    cache: dict[str, tuple[float, str]] = {}
     now, lifetime, refresh = time.time, seal.lifetime, seal.lifetime / 2
 
-    def sign(value: str) -> str:
-        cached = cache.get(value)
-        if cached is not None and cached[0] > now():
-            return cached[1]
+    def sign(value: str) -> Sealed:
         moment = now()
         expires = int(moment + clock_offset) + lifetime
-        statement = render(seal_value(seal.current_key(), seal.key_id, value, backend_pid, expires))
-        if len(cache) >= _CACHE_MAX:
-            cache.clear()
-        cache[value] = (moment + refresh, statement)
-        return statement
+        sealed = (
+            moment + refresh,
+            render(seal_value(seal.current_key(), seal.key_id, value, backend_pid, expires)),
+        )
+        if len(seals) >= _CACHE_MAX:
+            seals.clear()
+        seals[value] = sealed
+        return sealed
 
     return sign

@@ -8,11 +8,13 @@ sent in, whatever other tasks or threads sharing the connection do meanwhile.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Final, NamedTuple, Protocol
 
 from pgtenancy.context import current_binding
 from pgtenancy.errors import NoTenantError, TenancyError, TenantSwitchError
+from pgtenancy.seal import Sealed, Signer
 
 __all__ = ["RESET_SESSION", "Applied", "ConnectionState", "Resolution", "Tenancy"]
 
@@ -51,18 +53,20 @@ class Applied(NamedTuple):
 
 
 _UNGOVERNED: Final = Applied(None, None, None)
+_now: Final = time.time  # the clock seals are kept fresh by (``pgtenancy.seal.signer``'s)
 _record: Final = tuple.__new__  # builds an ``Applied`` in C, without namedtuple's Python-level __new__
 
 
 class ConnectionState:
     """One driver connection: the instrumentation governing it, and what its open transaction carries."""
 
-    __slots__ = ("applied", "dirty", "ready", "signer", "tenancy")
+    __slots__ = ("applied", "dirty", "ready", "seals", "signer", "tenancy")
 
-    def __init__(self, tenancy: Tenancy, *, ready: bool, signer: Callable[[str], str] | None = None) -> None:
+    def __init__(self, tenancy: Tenancy, *, ready: bool, signer: Signer | None = None) -> None:
         self.tenancy = tenancy
         self.ready = ready  # False while SQLAlchemy's own set-up runs on a new connection
-        self.signer = signer  # sealing: renders the statement carrying a tenant's seal for this backend
+        self.signer = signer  # sealing: seals a tenant value for this backend, recording it in ``seals``
+        self.seals: dict[str, Sealed] = {}  # per tenant value: the statement carrying its seal, while fresh
         self.applied: Applied | None = None  # None: no transaction that pgtenancy opened is open
         self.dirty: str | None = None  # the tenant value under which session state was created
 
@@ -88,11 +92,14 @@ class ConnectionState:
         value, apply, _ = resolution
         seal = None
         if self.signer is not None and value:
-            try:
-                seal = self.signer(value)
-            except TenancyError as error:  # the key could not be read: the transaction is refused
-                self.applied = Applied(binding, None, error)
-                return None, None, None
+            sealed = self.seals.get(value)
+            if sealed is None or sealed[0] <= _now():
+                try:
+                    sealed = self.signer(value)
+                except TenancyError as error:  # the key could not be read: the transaction is refused
+                    self.applied = Applied(binding, None, error)
+                    return None, None, None
+            seal = sealed[1]
         self.applied = _record(Applied, (binding, value, None))
         dirty = self.dirty
         if dirty is None or dirty == value:
