@@ -101,3 +101,26 @@ async def test_uninstrument_leaves_armed_connections_carrying_nothing(seeded, pg
         assert (await conn.get_raw_connection()).driver_connection is raw
         assert (await conn.execute(text(PROBE))).scalar_one() in (None, "")
     await engine.dispose()
+
+
+READ_TENANTS = "SELECT DISTINCT tenant_id FROM notes"
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg_async"])
+async def test_pool_pre_ping_pings_and_the_next_transaction_carries_its_tenant(
+    seeded, pgtenancy_engine_factory, driver
+):
+    # psycopg's ping switches the connection to AUTOCOMMIT for one statement, asyncpg's wraps it in a
+    # transaction of its own: neither is refused, and neither leaks into the transaction that follows
+    engine = pgtenancy_engine_factory(driver, engine_options={"pool_size": 1, "pool_pre_ping": True})
+    for tenant in (A, TENANTS[1], A):
+        async with tenant_context(tenant), engine.connect() as conn:
+            assert (await conn.execute(text(READ_TENANTS))).scalars().all() == [tenant]
+    await engine.dispose()
+
+
+def test_pool_pre_ping_on_a_sync_engine(seeded, pgtenancy_engine_factory):
+    engine = pgtenancy_engine_factory("psycopg", engine_options={"pool_size": 1, "pool_pre_ping": True})
+    for tenant in (A, TENANTS[1]):
+        with tenant_context(tenant), engine.connect() as conn:
+            assert conn.execute(text(READ_TENANTS)).scalars().all() == [tenant]

@@ -23,12 +23,12 @@ from pgtenancy.drivers import (
     ConnectionState,
     Resolution,
     adapter_for,
+    autocommit_refused,
     set_config_renderer,
     set_local_renderer,
     unverified,
 )
 from pgtenancy.errors import (
-    AutocommitError,
     ConfigurationError,
     NoTenantError,
     TenancyError,
@@ -306,13 +306,6 @@ def _no_tenant_advice() -> str:
     return advice
 
 
-def _autocommit_error() -> AutocommitError:
-    return AutocommitError(
-        "an AUTOCOMMIT connection cannot carry a transaction-local tenant; "
-        "use the default isolation level on tenant engines"
-    )
-
-
 class _DriverLevel(_Listeners):
     """asyncpg and psycopg: the driver adapter applies and checks the tenant under the driver's lock.
 
@@ -429,7 +422,7 @@ class _DriverLevel(_Listeners):
                 if verdict is not CLEAN and verdict.session_state:
                     state.mark_dirty(value)
                 if isolation(cursor) == autocommit:
-                    raise _autocommit_error()
+                    raise autocommit_refused()
             run(cursor, statement, parameters, context)
 
         return checked
@@ -494,7 +487,7 @@ class _EventLevel(_Listeners):
         binding = current_binding()
         value, apply, _ = self.resolve(binding)
         if getattr(conn.connection.dbapi_connection, "autocommit", False):
-            raise _autocommit_error()
+            raise autocommit_refused()
         info[_APPLYING] = True  # pgtenancy's own statements: the role check and applying the tenant
         try:
             if self.config.verify_role and not info.get(_VERIFIED):

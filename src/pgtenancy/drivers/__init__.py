@@ -16,7 +16,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Dialect, String
 from sqlalchemy.types import TypeEngine
 
-from pgtenancy.drivers.state import Applied, ConnectionState, Resolution, Tenancy
+from pgtenancy.drivers.state import Applied, ConnectionState, Resolution, Tenancy, autocommit_refused
 from pgtenancy.errors import ConfigurationError
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "Resolution",
     "Tenancy",
     "adapter_for",
+    "autocommit_refused",
     "set_config_renderer",
     "set_local_renderer",
     "unverified",

@@ -25,8 +25,8 @@ from typing import Any, Final
 
 from sqlalchemy import Dialect
 
-from pgtenancy.drivers.state import ConnectionState
-from pgtenancy.errors import AutocommitError, ConfigurationError, TenancyError
+from pgtenancy.drivers.state import ConnectionState, autocommit_refused
+from pgtenancy.errors import ConfigurationError, TenancyError
 
 __all__ = [
     "NAME",
@@ -180,10 +180,7 @@ class _CheckedMutex(asyncio.Lock):
             state.applied = None  # no transaction is open: the BEGIN the adapter sends now records one
             adapter = self._adapter
             if adapter.isolation_level == "autocommit":
-                raise AutocommitError(
-                    "an AUTOCOMMIT connection cannot carry a transaction-local tenant; "
-                    "use the default isolation level on tenant engines"
-                )
+                raise autocommit_refused()
             if self._open(adapter):
                 raise TenancyError(
                     "SQLAlchemy's adapter holds a transaction the server has ended (a COMMIT or ROLLBACK was "

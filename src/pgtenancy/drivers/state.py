@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Final, NamedTuple, Protocol
+from typing import Final, Protocol, TypeAlias
 
 from pgtenancy.context import current_binding
-from pgtenancy.errors import NoTenantError, TenancyError, TenantSwitchError
+from pgtenancy.errors import AutocommitError, NoTenantError, TenancyError, TenantSwitchError
 from pgtenancy.seal import Sealed, Signer
 
-__all__ = ["RESET_SESSION", "Applied", "ConnectionState", "Resolution", "Tenancy"]
+__all__ = ["RESET_SESSION", "Applied", "ConnectionState", "Resolution", "Tenancy", "autocommit_refused"]
 
 RESET_SESSION: Final = (
     "CLOSE ALL",
@@ -44,17 +44,14 @@ class Tenancy(Protocol):
         ...
 
 
-class Applied(NamedTuple):
-    """The tenant one transaction carries, fixed by the BEGIN that opened it."""
+Applied: TypeAlias = tuple[object, str | None, TenancyError | None]
+"""The tenant one transaction carries, fixed by the BEGIN that opened it: the context's binding object when
+BEGIN was sent; its canonical value ('' for no tenant, ``None`` when the transaction carries none); why the
+binding could not be applied (raised at the first statement). A plain tuple: one is built per transaction,
+and a named tuple's constructor costs five times as many instructions."""
 
-    binding: object  # the context's binding object when BEGIN was sent
-    value: str | None  # its canonical value ('' for no tenant); None: the transaction carries none
-    error: TenancyError | None  # why the binding could not be applied (raised at the first statement)
-
-
-_UNGOVERNED: Final = Applied(None, None, None)
+_UNGOVERNED: Final[Applied] = (None, None, None)
 _now: Final = time.time  # the clock seals are kept fresh by (``pgtenancy.seal.signer``'s)
-_record: Final = tuple.__new__  # builds an ``Applied`` in C, without namedtuple's Python-level __new__
 
 
 class ConnectionState:
@@ -87,7 +84,7 @@ class ConnectionState:
             try:
                 resolution = tenancy.resolve(binding)
             except TenancyError as error:
-                self.applied = Applied(binding, None, error)
+                self.applied = (binding, None, error)
                 return None, None, None
         value, apply, _ = resolution
         seal = None
@@ -97,10 +94,10 @@ class ConnectionState:
                 try:
                     sealed = self.signer(value)
                 except TenancyError as error:  # the key could not be read: the transaction is refused
-                    self.applied = Applied(binding, None, error)
+                    self.applied = (binding, None, error)
                     return None, None, None
             seal = sealed[1]
-        self.applied = _record(Applied, (binding, value, None))
+        self.applied = (binding, value, None)
         dirty = self.dirty
         if dirty is None or dirty == value:
             return None, apply, seal
@@ -109,8 +106,8 @@ class ConnectionState:
 
     def check(self) -> None:
         """A statement is about to be sent in the open transaction: refused unless it carries the binding."""
-        applied = self.applied
-        if applied is not None and (current_binding() is not applied.binding or applied.value is None):
+        applied = self.applied  # (binding, value, error)
+        if applied is not None and (current_binding() is not applied[0] or applied[1] is None):
             self._check(applied)
 
     def check_opened(self) -> None:
@@ -128,15 +125,16 @@ class ConnectionState:
         tenancy = self.tenancy
         if not (self.ready and tenancy.active):
             return
-        if applied.error is not None:
-            raise type(applied.error)(*applied.error.args)
-        if applied.value is None:
+        _, value, error = applied
+        if error is not None:
+            raise type(error)(*error.args)
+        if value is None:
             raise NoTenantError(
                 "this transaction began before the connection was ready and carries no tenant; "
                 "commit or roll it back first"
             )
         binding = current_binding()
-        if tenancy.resolve(binding)[0] != applied.value:
+        if tenancy.resolve(binding)[0] != value:
             raise TenantSwitchError(
                 "this transaction was begun for another tenant than the one bound now; "
                 "use one Session/Connection per tenant context and do not share it across tasks"
@@ -144,10 +142,20 @@ class ConnectionState:
 
     def failed(self) -> None:
         """The statement applying the tenant after BEGIN failed: refuse the transaction's statements."""
-        self.applied = Applied(
-            None, None, NoTenantError("applying the tenant to this transaction failed; roll it back first")
+        self.applied = (
+            None,
+            None,
+            NoTenantError("applying the tenant to this transaction failed; roll it back first"),
         )
 
     def mark_dirty(self, value: str) -> None:
         """The transaction created state that outlives it (temp tables, session settings...)."""
         self.dirty = value
+
+
+def autocommit_refused() -> AutocommitError:
+    """The error for a statement a governed connection would send in AUTOCOMMIT mode: no BEGIN carries it."""
+    return AutocommitError(
+        "an AUTOCOMMIT connection cannot carry a transaction-local tenant; "
+        "use the default isolation level on tenant engines"
+    )
