@@ -84,6 +84,36 @@ def test_non_id_types_are_rejected(value):
         tenant_context(value)
 
 
+def test_subclasses_of_the_id_types_are_accepted_but_not_bool():
+    class TenantName(str):
+        pass
+
+    with tenant_context(TenantName("acme")), tenant_context(uuid.UUID(int=3)):
+        assert current_tenant_id() == uuid.UUID(int=3)
+    with pytest.raises(InvalidTenantError, match="not bool"):
+        tenant_context(False)
+
+
+def test_async_with_completes_on_any_event_loop_without_suspending():
+    # entering and leaving await an already-done awaitable: no loop of its own, nothing scheduled
+    async def bound_in_a_fresh_loop(tenant):
+        async with tenant_context(tenant):
+            seen = current_tenant_id()
+        return seen, current_tenant_id()
+
+    for tenant in (A, B):  # each asyncio.run makes a new loop
+        assert asyncio.run(bound_in_a_fresh_loop(tenant)) == (tenant, None)
+    results = []
+    thread = threading.Thread(target=lambda: results.append(asyncio.run(bound_in_a_fresh_loop(A))))
+    thread.start()
+    thread.join()
+    assert results == [(A, None)]
+    coroutine = bound_in_a_fresh_loop(B)
+    with pytest.raises(StopIteration) as finished:  # one send runs it to the end: nothing was awaited
+        coroutine.send(None)
+    assert finished.value.value == (B, None)
+
+
 async def test_entering_the_same_context_twice_is_refused_and_leaves_the_outer_binding():
     binder = tenant_context(A)
     with binder:

@@ -9,8 +9,9 @@ Private names relied on (verified with SQLAlchemy 2.0.50, 2.0.58 and 2.1.9, asyn
 - SQLAlchemy's ``AsyncAdapt_asyncpg_cursor``: ``_connection`` and ``_adapt_connection``;
 - asyncpg's ``Connection._protocol``, whose ``is_in_transaction()`` gives the server's status in C, and
   ``Connection._top_xact``, cleared after pgtenancy rolls back a transaction whose tenant it could not apply;
-- the standard library's ``asyncio.Lock``: ``_locked`` and ``_waiters``, to take a free lock the way its
-  ``acquire()`` does but without a coroutine frame per statement (Python 3.11 to 3.13).
+- the standard library's ``asyncio.Lock``: ``_locked`` and ``_waiters``, to take and give back a lock no
+  other task waits for the way its ``acquire()`` and ``release()`` do, but without a coroutine per
+  statement (Python 3.11 to 3.13).
 
 Otherwise asyncpg is used through public names: ``connect(connection_class=...)`` and
 ``Connection.execute``, which asyncpg's ``Transaction`` sends ``BEGIN``, ``COMMIT`` and ``ROLLBACK`` through.
@@ -21,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import operator
 import weakref
+from collections.abc import Awaitable
 from typing import Any, Final
 
 from sqlalchemy import Dialect
 
+from pgtenancy.awaitables import DONE
 from pgtenancy.drivers.state import ConnectionState, autocommit_refused
 from pgtenancy.errors import ConfigurationError, TenancyError
 
@@ -43,7 +46,7 @@ __all__ = [
 
 NAME: Final = "asyncpg"
 PRIVATE_NAMES: Final = (
-    "asyncio.Lock._locked, asyncio.Lock._waiters (acquire's fast path)",
+    "asyncio.Lock._locked, asyncio.Lock._waiters (acquire's and release's fast paths)",
     "asyncpg Connection._top_xact (cleared after rolling back a transaction whose tenant failed)",
     "asyncpg Connection._protocol (its is_in_transaction(): the server's transaction status, in C)",
     "sqlalchemy AsyncAdapt_asyncpg_connection._transaction (2.1) / _started (2.0)",
@@ -164,12 +167,29 @@ class _CheckedMutex(asyncio.Lock):
         self._in_transaction = adapter._connection._protocol.is_in_transaction
         self._open = _ADAPTER_OPEN  # truthy while the adapter holds a transaction (it sends no BEGIN)
 
-    async def __aenter__(self) -> None:
-        waiters = self._waiters  # asyncio.Lock.acquire's own fast path, without its coroutine frame
+    def __aenter__(self) -> Awaitable[None]:  # type: ignore[override]
+        # asyncio.Lock's own fast path for a free lock, without a coroutine per statement
+        waiters = self._waiters
         if self._locked or (waiters and not all(waiter.cancelled() for waiter in waiters)):  # type: ignore[has-type]
-            await self.acquire()
+            return self._acquire_and_check()
+        self._locked = True
+        self._check_held()
+        return DONE
+
+    def __aexit__(self, *exc_info: object) -> Awaitable[None]:  # type: ignore[override]
+        if self._waiters or not self._locked:
+            self.release()  # a task waits (release wakes it), or the lock is not held (release raises)
         else:
-            self._locked = True
+            self._locked = False
+        return DONE
+
+    async def _acquire_and_check(self) -> None:
+        await self.acquire()
+        self._check_held()
+
+    def _check_held(self) -> None:
+        """The lock is held and the statement is about to be sent: refuse it unless its transaction (open,
+        or begun by the BEGIN the adapter sends now) carries the bound tenant; releases the lock if so."""
         state = self.state
         try:
             if not (state.ready and state.tenancy.active):
