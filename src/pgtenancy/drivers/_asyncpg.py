@@ -228,13 +228,13 @@ class _Hooks:
             return self._base_execute(query)
         if query[:5] == "BEGIN":  # not str.startswith: it parses a tuple of arguments per call
             reset, apply, seal = state.begin()
-            if seal is not None:
-                apply = f"{apply}; {seal}"
             if reset is not None or (apply is not None and state.tenancy.separate):
-                return self._in_steps(state, reset, query, apply)
+                return self._in_steps(state, reset, query, apply if seal is None else f"{apply}; {seal}")
             if apply is None:
                 return self._base_execute(query)
-            return self._base_execute(query + " " + apply)
+            if seal is None:  # one string built per BEGIN, not one per concatenation
+                return self._base_execute(f"{query} {apply}")
+            return self._base_execute(f"{query} {apply}; {seal}")
         return self._base_execute(query)
 
     async def _in_steps(
